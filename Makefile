@@ -1,0 +1,65 @@
+# Two commands do everything on a fresh machine:  `make book`  and  `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+# torch and torchvision are pinned to builds this machine has on disk; override for another CUDA build.
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS      ?= book,test
+CXR_PROFILE   ?= quick
+CXR_DATA_ROOT ?= $(CURDIR)/data/demo
+CXR_RUNS_DIR  ?= $(CURDIR)/runs
+export CXR_PROFILE CXR_DATA_ROOT CXR_RUNS_DIR
+TIMED       := .ci/timed
+STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma       := ,
+CODE_HASH    = $$(cat cxrcore/*.py data_prep/*.py | sha256sum | cut -c1-16)
+
+.PHONY: help venv vendor data book test lint notebooks-test lab clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(TIMED) venv-create $(PYTHON) -m venv $(VENV)
+	$(TIMED) install $(BIN)/pip install --quiet --progress-bar off $(TORCH_SPEC) -e ".[$(EXTRAS)]"
+	@touch $@
+
+venv: $(STAMP)  ## create .venv and install the project (idempotent)
+
+_static/vendor/.complete:
+	@$(TIMED) vendor bash .ci/vendor-js _static/vendor
+
+vendor: _static/vendor/.complete  ## local copies of MathJax, require.js and the widget manager (offline site)
+
+$(CXR_DATA_ROOT)/.complete: | $(STAMP)
+	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT)
+
+data: $(CXR_DATA_ROOT)/.complete  ## make the embedded demo data if missing
+
+book: venv vendor data  ## execute every chapter (profile $$CXR_PROFILE) and build _build/html
+	@mkdir -p _build; if [ "$$(cat _build/.code-hash 2>/dev/null)" != "$(CODE_HASH)" ]; then \
+	  echo "cxrcore/data_prep changed: clearing the notebook execution cache"; rm -rf _build/.jupyter_cache; fi
+	@echo $(CODE_HASH) > _build/.code-hash
+	$(TIMED) book-build $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+lint: venv  ## ruff over the code and the chapters
+	$(TIMED) ruff $(BIN)/ruff check .
+
+notebooks-test: venv data  ## execute every chapter with nbmake
+	$(TIMED) nbmake $(BIN)/pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider book
+
+test: venv vendor data lint  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
+	$(TIMED) pytest $(BIN)/pytest
+	@$(MAKE) --no-print-directory notebooks-test
+	@$(MAKE) --no-print-directory book
+
+lab:  ## JupyterLab in the venv (installs the lab extra)
+	$(MAKE) venv EXTRAS=book,test,lab
+	$(BIN)/jupyter lab book
+
+clean:  ## remove the build, the runs cache and the demo data (keeps .venv)
+	rm -rf _build runs data/demo

@@ -1,0 +1,15 @@
+"""`python -m cxrcore COMMAND ...`: train a configured experiment or benchmark the training pipeline."""
+from __future__ import annotations
+
+import sys
+
+from cxrcore.cli import dispatch
+
+# command -> (module, one-line help); each module defines add_arguments(parser) and main(args) -> int
+COMMANDS = {
+    "train": ("cxrcore.runner", "run one experiment from a JSON config, cached like the book's runs"),
+    "bench": ("cxrcore.bench", "training images/s of the whole pipeline and of the model alone"),
+}
+
+if __name__ == "__main__":
+    sys.exit(dispatch(COMMANDS, "python -m cxrcore", __doc__))

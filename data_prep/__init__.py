@@ -1,0 +1,1 @@
+"""Raw downloads to manifests, the embedded demo data, and report labeling."""

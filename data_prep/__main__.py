@@ -1,0 +1,19 @@
+"""`python -m data_prep COMMAND ...`: raw downloads to manifests, statistics, report labeling, demo data."""
+from __future__ import annotations
+
+import sys
+
+from cxrcore.cli import dispatch
+
+# command -> (module, one-line help); each module defines add_arguments(parser) and main(args) -> int
+COMMANDS = {
+    "manifest": ("data_prep.manifests", "read a dataset in its real on-disk layout and write its manifest"),
+    "stats": ("data_prep.stats", "label and demographic statistics of the real CheXpert / ChestX-ray14 tables"),
+    "label-reports": ("data_prep.report_labeler", "label free-text reports with the keyword labeler of paper 000"),
+    "eval-labeler": ("data_prep.labeler_eval", "score the report labelers on the real Indiana University reports"),
+    "dicom": ("data_prep.dicom", "convert DICOM radiographs to 8-bit PNG"),
+    "synth": ("data_prep.synth", "write the synthetic demo sites in the real datasets' layouts"),
+}
+
+if __name__ == "__main__":
+    sys.exit(dispatch(COMMANDS, "python -m data_prep", __doc__))
