@@ -13,9 +13,10 @@ CXR_DATA_ROOT ?= $(CURDIR)/data/demo
 CXR_RUNS_DIR  ?= $(CURDIR)/runs
 export CXR_PROFILE CXR_DATA_ROOT CXR_RUNS_DIR
 TIMED       := .ci/timed
-STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma       := ,
-CODE_HASH    = $$(cat cxrcore/*.py data_prep/*.py | sha256sum | cut -c1-16)
+STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# jupyter-cache hashes only a notebook's code cells: key the cache on the library's code too
+CODE_HASH    = $$(find cxrcore data_prep -name '*.py' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
 
 .PHONY: help venv vendor data book test lint notebooks-test lab clean
 
@@ -39,7 +40,7 @@ $(CXR_DATA_ROOT)/.complete: | $(STAMP)
 
 data: $(CXR_DATA_ROOT)/.complete  ## make the embedded demo data if missing
 
-book: venv vendor data  ## execute every chapter (profile $$CXR_PROFILE) and build _build/html
+book: venv vendor data  ## execute every chapter (profile from CXR_PROFILE) and build _build/html
 	@mkdir -p _build; if [ "$$(cat _build/.code-hash 2>/dev/null)" != "$(CODE_HASH)" ]; then \
 	  echo "cxrcore/data_prep changed: clearing the notebook execution cache"; rm -rf _build/.jupyter_cache; fi
 	@echo $(CODE_HASH) > _build/.code-hash
