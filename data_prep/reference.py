@@ -1,11 +1,11 @@
 """The real reference tables that torchxrayvision ships, read from the installed package (no network)."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,11 @@ def reference_file(key: str) -> Path:
     """Path of one shipped reference file ('chexpert', 'nih', 'nih_bbox', 'iu_reports', 'lung_masks')."""
     if key not in _FILES:
         raise KeyError(f"unknown reference file {key!r}; known: {sorted(_FILES)}")
-    try:
-        path = Path(str(resources.files("torchxrayvision") / "data" / _FILES[key]))
-    except ModuleNotFoundError as err:
-        raise FileNotFoundError("torchxrayvision is not installed: run `make venv` or `pip install -e .`") from err
+    # find_spec locates the package without importing it (importing it would import torch: ~4 s)
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("torchxrayvision is not installed: run `make venv` or `pip install -e .`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / _FILES[key]
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed torchxrayvision package")
     return path

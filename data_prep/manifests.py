@@ -1,0 +1,388 @@
+"""Read each dataset in its real on-disk layout into a manifest: one table per site, one row per image.
+
+Manifest schema (CSV; every path relative to DATA_ROOT):
+
+==============  =====================================================================================
+column          values
+==============  =====================================================================================
+path            image file relative to DATA_ROOT, e.g. ``CheXpert-v1.0-small/train/patient00001/...``
+site            chexpert | nih | hospital | mimic
+patient_id      the source's patient id as text (``patient00001``, ``00000001``, ``P000123``)
+study_id        unique across the site (``patient00001/study1``, ``00000001_000``, ``S000456``)
+view            frontal | lateral
+projection      PA | AP | LL | RL | LAT (lateral, side not recorded)
+sex             M | F | U (unknown)
+age             years (float; may be empty)
+split           train | valid | test (``trainval`` only before the validation carve-out)
+<finding>       one column per finding (harmonized names, cxrcore.findings): 1, 0, -1 (uncertain) or
+                empty (not mentioned), the source's own values; policies are applied when loading
+==============  =====================================================================================
+
+Layouts read (DATA_ROOT/...):
+
+* ``CheXpert-v1.0-small/train.csv`` and ``valid.csv`` (valid.csv is the test set, as in paper 000),
+* ``ChestX-ray14/Data_Entry_2017_v2020.csv``, images in any ``images_NNN/images/``, ``train_val_list.txt``,
+  ``test_list.txt``,
+* ``hospital/reports.csv`` (Path, PatientID, StudyID, View, Sex, Age, Report), labels from the report labeler.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrcore.findings import (
+    ALL_FINDINGS,
+    CHEXPERT_FINDINGS,
+    HOSPITAL_FINDINGS,
+    NIH_FINDINGS,
+    NIH_NO_FINDING,
+    NIH_TO_HARMONIZED,
+    source_values,
+)
+from data_prep.splits import assert_patient_disjoint, nih_official_split, split_patients
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ["path", "site", "patient_id", "study_id", "view", "projection", "sex", "age", "split"]
+SITES = ("chexpert", "nih", "hospital", "mimic")
+VIEWS = ("frontal", "lateral")
+PROJECTIONS = ("PA", "AP", "LL", "RL", "LAT")
+SEXES = ("M", "F", "U")
+FINAL_SPLITS = ("train", "valid", "test")
+RAW_SPLITS = ("trainval", "test")  # what the readers give before the validation carve-out
+TEXT_COLUMNS = ["path", "site", "patient_id", "study_id", "view", "projection", "sex", "split"]
+
+CHEXPERT_DIR = "CheXpert-v1.0-small"
+NIH_DIR = "ChestX-ray14"
+NIH_TABLE = "Data_Entry_2017_v2020.csv"
+HOSPITAL_DIR = "hospital"
+HOSPITAL_COLUMNS = ["Path", "PatientID", "StudyID", "View", "Sex", "Age", "Report"]
+
+
+def _require_columns(table: pd.DataFrame, columns: Sequence[str], source: str | Path) -> None:
+    """Raise ValueError naming the columns a source table lacks."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{source}: missing columns {missing}; found {list(table.columns)}")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A source CSV, with an error naming it when it is absent."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is the dataset unpacked in its original layout there?")
+    return pd.read_csv(path)
+
+
+def _map_values(column: pd.Series, mapping: dict, what: str, source: str | Path, names: pd.Series) -> pd.Series:
+    """Map a column's values; an unmapped value raises ValueError naming the row."""
+    mapped = column.map(mapping)
+    bad = mapped.isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{source}: unknown {what} {column.iloc[i]!r} at row {i} ({names.iloc[i]}); "
+                         f"known: {sorted(str(k) for k in mapping)}")
+    return mapped
+
+
+# ---------------------------------------------------------------------------------------------- CheXpert
+def _chexpert_rows(table: pd.DataFrame, source: Path, split: str) -> pd.DataFrame:
+    """Manifest rows from a CheXpert train.csv/valid.csv table."""
+    _require_columns(table, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS], source)
+    parts = table["Path"].str.split("/", expand=True)  # CheXpert-v1.0-small/train/patientNNNNN/studyN/viewN_x.jpg
+    if parts.shape[1] != 5 or not parts[2].str.startswith("patient").all():
+        raise ValueError(f"{source}: Path values must look like {CHEXPERT_DIR}/train/patientNNNNN/studyN/view.jpg")
+    view = _map_values(table["Frontal/Lateral"], {"Frontal": "frontal", "Lateral": "lateral"}, "view",
+                       source, table["Path"])
+    projection = table["AP/PA"].where(table["AP/PA"].notna(), np.where(view == "lateral", "LAT", None))
+    projection = _map_values(projection, {p: p for p in PROJECTIONS}, "AP/PA", source, table["Path"])
+    manifest = pd.DataFrame({
+        "path": table["Path"],
+        "site": "chexpert",
+        "patient_id": parts[2],
+        "study_id": parts[2] + "/" + parts[3],
+        "view": view,
+        "projection": projection,
+        "sex": _map_values(table["Sex"], {"Male": "M", "Female": "F", "Unknown": "U"}, "Sex", source, table["Path"]),
+        "age": pd.to_numeric(table["Age"], errors="raise").astype(float),
+        "split": split,
+    })
+    labels = source_values(table[CHEXPERT_FINDINGS].to_numpy(), CHEXPERT_FINDINGS, table["Path"].tolist())
+    return pd.concat([manifest, pd.DataFrame(labels, columns=CHEXPERT_FINDINGS, index=table.index)], axis=1)
+
+
+def read_chexpert(data_root: str | Path) -> pd.DataFrame:
+    """CheXpert-v1.0-small train.csv (split 'trainval', carved later) + valid.csv (split 'test', paper 000)."""
+    folder = Path(data_root) / CHEXPERT_DIR
+    train = _chexpert_rows(_read_csv(folder / "train.csv"), folder / "train.csv", "trainval")
+    test = _chexpert_rows(_read_csv(folder / "valid.csv"), folder / "valid.csv", "test")
+    return pd.concat([train, test], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------ ChestX-ray14
+def locate_nih_images(folder: Path) -> dict[str, str]:
+    """Image file name -> path relative to the NIH folder, over every images_NNN/images/ folder."""
+    located: dict[str, str] = {}
+    for part in sorted(folder.glob("images_*/images")):
+        with os.scandir(part) as entries:
+            for entry in entries:
+                if entry.name in located:
+                    raise ValueError(f"{entry.name} found twice: {located[entry.name]} and {part.name}/images")
+                located[entry.name] = f"{part.parent.name}/images/{entry.name}"
+    return located
+
+
+def _nih_labels(finding_labels: pd.Series, names: pd.Series, source: Path) -> pd.DataFrame:
+    """One 1/0 column per harmonized ChestX-ray14 finding (+ No Finding) from the '|'-joined labels."""
+    known = set(NIH_FINDINGS) | {NIH_NO_FINDING}
+    columns = [NIH_TO_HARMONIZED[n] for n in [*NIH_FINDINGS, NIH_NO_FINDING]]
+    values = np.zeros((len(finding_labels), len(columns)), dtype=float)
+    position = {raw: k for k, raw in enumerate([*NIH_FINDINGS, NIH_NO_FINDING])}
+    for i, labels in enumerate(finding_labels.astype(str)):
+        for label in labels.split("|"):
+            if label not in known:
+                raise ValueError(f"{source}: unknown finding {label!r} at row {i} ({names.iloc[i]})")
+            values[i, position[label]] = 1.0
+    return pd.DataFrame(values, columns=columns, index=finding_labels.index)
+
+
+def _read_list(path: Path) -> set[str]:
+    """Image names of an official split list, one per line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the official ChestX-ray14 split lists come with the download")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def read_nih(data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
+    """ChestX-ray14 Data_Entry_2017_v2020.csv with images found in images_NNN/images and the official split lists.
+
+    on_missing='skip' drops (and logs) images absent from every images folder, e.g. when only some of the
+    twelve archives were downloaded; the default raises naming them.
+    """
+    folder = Path(data_root) / NIH_DIR
+    table = _read_csv(folder / NIH_TABLE)
+    source = folder / NIH_TABLE
+    _require_columns(table, ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender",
+                             "View Position"], source)
+    located = locate_nih_images(folder)
+    found = table["Image Index"].isin(located)
+    if not found.all():
+        missing = table.loc[~found, "Image Index"].tolist()
+        if on_missing != "skip":
+            raise FileNotFoundError(f"{len(missing)} image(s) of {source.name} are in no {NIH_DIR}/images_NNN/images "
+                                    f"folder, e.g. {missing[:5]}; pass on_missing='skip' to leave them out")
+        log.warning("ChestX-ray14: %d of %d images not downloaded, left out", len(missing), len(table))
+        table = table[found].reset_index(drop=True)
+    test, trainval = _read_list(folder / "test_list.txt"), _read_list(folder / "train_val_list.txt")
+    names = table["Image Index"]
+    in_test, in_trainval = names.isin(test), names.isin(trainval)
+    if (in_test & in_trainval).any() or not (in_test | in_trainval).all():
+        bad = names[(in_test == in_trainval)].tolist()
+        raise ValueError(f"{len(bad)} image(s) in both or neither official list, e.g. {bad[:5]}")
+    manifest = pd.DataFrame({
+        "path": NIH_DIR + "/" + names.map(located),
+        "site": "nih",
+        "patient_id": table["Patient ID"].astype(int).map("{:08d}".format),
+        "study_id": names.str.replace(".png", "", regex=False),
+        "view": "frontal",
+        "projection": _map_values(table["View Position"], {"PA": "PA", "AP": "AP"}, "View Position", source, names),
+        "sex": _map_values(table["Patient Gender"], {"M": "M", "F": "F"}, "Patient Gender", source, names),
+        "age": pd.to_numeric(table["Patient Age"], errors="raise").astype(float),
+        "split": np.where(in_test, "test", "trainval"),
+    })
+    return pd.concat([manifest, _nih_labels(table["Finding Labels"], names, source)], axis=1)
+
+
+# -------------------------------------------------------------------------------------------- hospital
+def _hospital_labels(reports: pd.Series, source: Path, negation: bool) -> pd.DataFrame:
+    """Labels of the reports from data_prep.report_labeler, checked to be 1/0 in the expected columns."""
+    from data_prep.report_labeler import label_reports  # lazy: the labeler is only needed for this site
+
+    labels = label_reports(reports.fillna("").astype(str).tolist(), negation=negation)
+    _require_columns(labels, HOSPITAL_FINDINGS, "report labeler output")
+    if len(labels) != len(reports):
+        raise ValueError(f"report labeler returned {len(labels)} rows for {len(reports)} reports of {source}")
+    values = labels[HOSPITAL_FINDINGS].to_numpy(dtype=float)
+    if not np.isin(values, (0.0, 1.0)).all():
+        raise ValueError("report labeler returned values other than 1/0")
+    return pd.DataFrame(values, columns=HOSPITAL_FINDINGS, index=reports.index)
+
+
+def read_hospital(data_root: str | Path, negation: bool = False) -> pd.DataFrame:
+    """The hospital site: hospital/reports.csv, images under hospital/images, labels by the keyword labeler
+    (paper 000's Table 1 keywords without negation detection by default, as the paper labeled its site)."""
+    folder = Path(data_root) / HOSPITAL_DIR
+    source = folder / "reports.csv"
+    table = _read_csv(source)
+    _require_columns(table, HOSPITAL_COLUMNS, source)
+    views = {"PA": ("frontal", "PA"), "AP": ("frontal", "AP"), "LL": ("lateral", "LL")}
+    pairs = _map_values(table["View"], views, "View", source, table["Path"])
+    manifest = pd.DataFrame({
+        "path": HOSPITAL_DIR + "/" + table["Path"].astype(str),
+        "site": "hospital",
+        "patient_id": table["PatientID"].astype(str),
+        "study_id": table["StudyID"].astype(str),
+        "view": pairs.str[0],
+        "projection": pairs.str[1],
+        "sex": _map_values(table["Sex"].fillna("U"), {s: s for s in SEXES}, "Sex", source, table["Path"]),
+        "age": pd.to_numeric(table["Age"], errors="raise").astype(float),
+        "split": "trainval",
+    })
+    return pd.concat([manifest, _hospital_labels(table["Report"], source, negation)], axis=1)
+
+
+READERS = {"chexpert": read_chexpert, "nih": read_nih, "hospital": read_hospital}
+
+
+# ------------------------------------------------------------------------------------------ validation
+def finding_columns(df: pd.DataFrame) -> list[str]:
+    """The finding columns of a manifest, in table order."""
+    return [c for c in df.columns if c not in REQUIRED_COLUMNS]
+
+
+def _check_allowed(df: pd.DataFrame, column: str, allowed: Sequence[str]) -> None:
+    """Raise ValueError naming the first row whose value is not allowed."""
+    bad = ~df[column].isin(allowed)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"manifest column {column!r}: value {df[column].iloc[i]!r} at row {i} "
+                         f"({df['path'].iloc[i]}) not in {list(allowed)}")
+
+
+def validate_manifest(df: pd.DataFrame, splits: Sequence[str] = FINAL_SPLITS) -> pd.DataFrame:
+    """Check columns, allowed values, unique paths and patient-disjoint splits; returns df, raises ValueError."""
+    _require_columns(df, REQUIRED_COLUMNS, "manifest")
+    unknown = [c for c in finding_columns(df) if c not in ALL_FINDINGS]
+    if unknown:
+        raise ValueError(f"manifest: unknown columns {unknown}; findings must be one of {ALL_FINDINGS}")
+    if not finding_columns(df):
+        raise ValueError("manifest has no finding columns")
+    for col in ("path", "patient_id", "study_id"):
+        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+        if empty.any():
+            raise ValueError(f"manifest column {col!r} empty at rows {np.flatnonzero(empty.to_numpy())[:10].tolist()}")
+    for column, allowed in (("site", SITES), ("view", VIEWS), ("projection", PROJECTIONS), ("sex", SEXES),
+                            ("split", splits)):
+        _check_allowed(df, column, allowed)
+    age = pd.to_numeric(df["age"], errors="coerce")
+    bad_age = (age.isna() & df["age"].notna()) | (age < 0)
+    if bad_age.any():
+        i = int(np.flatnonzero(bad_age.to_numpy())[0])
+        raise ValueError(f"manifest: age {df['age'].iloc[i]!r} at row {i} ({df['path'].iloc[i]}) is not a number >= 0")
+    duplicated = df["path"].duplicated(keep=False)
+    if duplicated.any():
+        rows = np.flatnonzero(duplicated.to_numpy())
+        raise ValueError(f"manifest: duplicate path {df['path'].iloc[rows[0]]!r} at rows {rows[:10].tolist()}")
+    source_values(df[finding_columns(df)].to_numpy(), finding_columns(df), df["path"].tolist())
+    assert_patient_disjoint(df.reset_index(drop=True))
+    return df
+
+
+def check_files(df: pd.DataFrame, data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
+    """Rows whose image file exists under data_root; a missing file raises naming it unless on_missing='skip'."""
+    if on_missing not in ("raise", "skip"):
+        raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    root = Path(data_root)
+    exists = np.array([(root / p).is_file() for p in df["path"]], dtype=bool)
+    if exists.all():
+        return df
+    missing = df["path"][~exists].tolist()
+    if on_missing == "raise":
+        raise FileNotFoundError(f"image file {root / missing[0]} not found ({len(missing)} missing in all, "
+                                f"e.g. {missing[:3]})")
+    log.warning("%d of %d image files missing under %s, left out (e.g. %s)", len(missing), len(df), root, missing[:3])
+    return df[exists]
+
+
+# ------------------------------------------------------------------------------------------------- I/O
+def write_manifest(df: pd.DataFrame, path: str | Path, force: bool = False) -> Path:
+    """Validate and write a manifest CSV atomically; an existing file is only replaced with force=True."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    validate_manifest(df)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            df.to_csv(stream, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_manifest(path: str | Path, splits: Sequence[str] = FINAL_SPLITS) -> pd.DataFrame:
+    """Read and validate a manifest CSV (ids stay text: leading zeros are kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} not found")
+    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                     na_values={c: [""] for c in ["age", *ALL_FINDINGS]})
+    for column in finding_columns(df):
+        if df[column].dtype == object or pd.api.types.is_string_dtype(df[column]):
+            source_values(df[[column]].to_numpy(), [column], df["path"].tolist())  # names the bad row
+        df[column] = df[column].astype(float)
+    df["age"] = pd.to_numeric(df["age"], errors="raise").astype(float)
+    return validate_manifest(df, splits)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def assign_splits(df: pd.DataFrame, site: str, seed: int, valid_fraction: float | None = None) -> pd.DataFrame:
+    """The papers' splits: CheXpert 95/5 of train.csv (valid.csv = test), NIH official test + carve-out, hospital
+    random 85/10/5 (paper 000); all patient-wise and seeded."""
+    df = df.copy()
+    if site == "nih":
+        df["split"] = nih_official_split(df, 0.1 if valid_fraction is None else valid_fraction, seed)
+    elif site == "chexpert":
+        valid = 0.05 if valid_fraction is None else valid_fraction
+        trainval = df["split"] == "trainval"
+        df.loc[trainval, "split"] = split_patients(df[trainval], {"train": 1 - valid, "valid": valid}, seed)
+    elif site == "hospital":
+        valid = 0.10 if valid_fraction is None else valid_fraction
+        df["split"] = split_patients(df, {"train": 0.95 - valid, "valid": valid, "test": 0.05}, seed)
+    else:
+        raise ValueError(f"unknown site {site!r}")
+    return df
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`python -m data_prep manifest {chexpert,nih,hospital} --root DATA_ROOT --out CSV`."""
+    parser.add_argument("site", choices=sorted(READERS), help="which dataset layout to read")
+    parser.add_argument("--root", required=True, type=Path, help="DATA_ROOT holding the dataset folder")
+    parser.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the patient-wise splits (default 0)")
+    parser.add_argument("--valid-fraction", type=float, default=None,
+                        help="validation fraction (default: chexpert 0.05, nih 0.1, hospital 0.1)")
+    parser.add_argument("--on-missing", choices=("raise", "skip"), default="raise",
+                        help="missing image files: stop (default) or leave them out, logging the count")
+    parser.add_argument("--negation", action="store_true",
+                        help="hospital: label reports with the negation-aware labeler instead of paper 000's")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing manifest")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Read, split, check files and write one site's manifest."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.out.exists() and not args.force:
+        raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
+    if args.site == "nih":
+        df = read_nih(args.root, args.on_missing)
+    elif args.site == "hospital":
+        df = read_hospital(args.root, negation=args.negation)
+    else:
+        df = read_chexpert(args.root)
+    df = assign_splits(df, args.site, args.split_seed, args.valid_fraction)
+    df = check_files(df, args.root, args.on_missing).reset_index(drop=True)
+    write_manifest(df, args.out, force=args.force)
+    counts = df["split"].value_counts().reindex(FINAL_SPLITS, fill_value=0)
+    print(f"wrote {args.out}: {len(df)} images of {df['patient_id'].nunique()} patients "
+          f"({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return 0

@@ -1,0 +1,89 @@
+"""Seeded, reproducible, patient-wise splits: no patient ever has images in two splits.
+
+Fractions are fractions of *patients*; image fractions follow in expectation (patients have different numbers
+of images). The same table and seed always give the same split, whatever the row order, because patients are
+sorted by id before the seeded permutation.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def assert_patient_disjoint(df: pd.DataFrame, split_col: str = "split") -> None:
+    """Raise ValueError naming the patients (and their rows) that have images in more than one split."""
+    for col in ("patient_id", split_col):
+        if col not in df.columns:
+            raise ValueError(f"column {col!r} missing; have {list(df.columns)}")
+    n_splits = df.groupby("patient_id", sort=True)[split_col].nunique()
+    leaking = n_splits[n_splits > 1].index.tolist()
+    if leaking:
+        first = leaking[0]
+        rows = df.index[df["patient_id"] == first].tolist()
+        splits = sorted(df.loc[df["patient_id"] == first, split_col].astype(str).unique())
+        raise ValueError(
+            f"patient {first!r} has images in splits {splits} (rows {rows[:10]}); "
+            f"{len(leaking)} patient(s) in two splits in all: {leaking[:5]}"
+        )
+
+
+def _check_fractions(fractions: Mapping[str, float]) -> None:
+    """Fractions must be positive and sum to 1."""
+    values = np.array(list(fractions.values()), dtype=float)
+    if len(values) == 0 or (values <= 0).any() or not np.isclose(values.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"split fractions must be positive and sum to 1, got {dict(fractions)}")
+
+
+def split_patients(df: pd.DataFrame, fractions: Mapping[str, float], seed: int) -> pd.Series:
+    """Split name per row (index of df) from a seeded patient-wise split, e.g. {'train': .95, 'valid': .05}."""
+    _check_fractions(fractions)
+    if df["patient_id"].isna().any():
+        raise ValueError(f"missing patient_id at rows {df.index[df['patient_id'].isna()].tolist()[:10]}")
+    patients = np.sort(df["patient_id"].astype(str).unique())
+    order = np.random.default_rng(seed).permutation(len(patients))
+    # cumulative boundaries over the shuffled patients; the last split takes the remainder
+    bounds = np.rint(np.cumsum(list(fractions.values())) * len(patients)).astype(int)
+    starts = np.concatenate([[0], bounds[:-1]])
+    name_of = {}
+    for name, start, stop in zip(fractions, starts, bounds, strict=True):
+        name_of.update(dict.fromkeys(patients[order[start:stop]], name))
+    return pd.Series(df["patient_id"].astype(str).map(name_of).to_numpy(), index=df.index, name="split")
+
+
+def nih_official_split(df: pd.DataFrame, valid_fraction: float, seed: int) -> pd.Series:
+    """Official ChestX-ray14 test list kept as 'test'; a patient-wise validation carve-out of 'trainval' rows."""
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    unknown = sorted(set(df["split"].astype(str)) - {"trainval", "test"})
+    if unknown:
+        raise ValueError(f"expected splits 'trainval'/'test' from the official lists, found {unknown}")
+    assert_patient_disjoint(df)  # the official lists are patient-wise; a file that is not is refused
+    split = df["split"].astype(str).copy().rename("split")
+    trainval = split == "trainval"
+    fractions = {"train": 1 - valid_fraction, "valid": valid_fraction}
+    split[trainval] = split_patients(df[trainval], fractions, seed)
+    return split
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """Independent seed of one re-sampling fold, derived from (seed, fold)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
+def kfold_patient_resampling(
+    df: pd.DataFrame, n_folds: int = 5, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> pd.DataFrame:
+    """Paper 001's 5-times patient-wise re-sampling: columns split_0..split_{n-1}, each a train/valid/test split.
+
+    Each fold is an independent seeded 70/10/20 split of the patients (re-sampling, as Baltruschat et al. did),
+    so a patient can be in the test set of more than one fold.
+    """
+    if n_folds < 1:
+        raise ValueError(f"n_folds must be >= 1, got {n_folds}")
+    if len(fractions) != 3:
+        raise ValueError(f"fractions are (train, valid, test), got {tuple(fractions)}")
+    named = dict(zip(("train", "valid", "test"), fractions, strict=True))
+    folds = {f"split_{k}": split_patients(df, named, fold_seed(seed, k)).to_numpy() for k in range(n_folds)}
+    return pd.DataFrame(folds, index=df.index)

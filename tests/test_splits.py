@@ -1,0 +1,88 @@
+"""Patient-wise, seeded splits on the real ChestX-ray14 table (112,120 images of 30,805 patients)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from layouts import nih_reference
+
+from data_prep.splits import (
+    assert_patient_disjoint,
+    kfold_patient_resampling,
+    nih_official_split,
+    split_patients,
+)
+
+
+@pytest.fixture(scope="module")
+def nih() -> pd.DataFrame:
+    """The real table reduced to what splits need: patient_id per image."""
+    table = nih_reference()
+    return pd.DataFrame({"patient_id": table["Patient ID"].map("{:08d}".format).to_numpy()}, index=table["Image Index"])
+
+
+def patient_fraction(df: pd.DataFrame, split: pd.Series, name: str) -> float:
+    """Fraction of patients assigned to one split."""
+    return df.loc[split == name, "patient_id"].nunique() / df["patient_id"].nunique()
+
+
+def test_split_patients_disjoint_reproducible(nih: pd.DataFrame) -> None:
+    fractions = {"train": 0.85, "valid": 0.10, "test": 0.05}  # paper 000's hospital site
+    split = split_patients(nih, fractions, seed=3)
+    assert_patient_disjoint(nih.assign(split=split))
+    for name, fraction in fractions.items():
+        assert patient_fraction(nih, split, name) == pytest.approx(fraction, abs=1e-4)
+    pd.testing.assert_series_equal(split, split_patients(nih, fractions, seed=3))
+    assert (split != split_patients(nih, fractions, seed=4)).mean() > 0.1
+    shuffled = nih.sample(frac=1.0, random_state=0)  # row order must not matter
+    pd.testing.assert_series_equal(split_patients(shuffled, fractions, seed=3).loc[nih.index], split)
+
+
+def test_chexpert_style_95_5(nih: pd.DataFrame) -> None:
+    split = split_patients(nih, {"train": 0.95, "valid": 0.05}, seed=0)
+    assert set(split) == {"train", "valid"}
+    assert patient_fraction(nih, split, "valid") == pytest.approx(0.05, abs=1e-4)
+    assert_patient_disjoint(nih.assign(split=split))
+
+
+def test_assert_patient_disjoint_names_the_patient(nih: pd.DataFrame) -> None:
+    df = nih.head(50).assign(split="train").reset_index(drop=True)
+    leaking = df["patient_id"].iloc[5]
+    df.loc[5, "split"] = "test"
+    assert (df["patient_id"] == leaking).sum() > 1  # the real table: this patient has several images
+    with pytest.raises(ValueError, match=f"patient '{leaking}' has images in splits \\['test', 'train'\\]"):
+        assert_patient_disjoint(df)
+
+
+def test_bad_fractions(nih: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_patients(nih, {"train": 0.8, "valid": 0.1}, seed=0)
+    with pytest.raises(ValueError, match="positive"):
+        split_patients(nih, {"train": 1.1, "valid": -0.1}, seed=0)
+
+
+def test_nih_official_split_keeps_test_and_carves_valid(nih: pd.DataFrame) -> None:
+    raw = split_patients(nih, {"trainval": 0.8, "test": 0.2}, seed=9)  # patient-wise, like the official lists
+    df = nih.assign(split=raw)
+    split = nih_official_split(df, valid_fraction=0.1, seed=1)
+    assert (split[raw == "test"] == "test").all()
+    assert set(split[raw == "trainval"]) == {"train", "valid"}
+    assert_patient_disjoint(df.assign(split=split))
+    pd.testing.assert_series_equal(split, nih_official_split(df, valid_fraction=0.1, seed=1))
+    carved = df.loc[split == "valid", "patient_id"].nunique() / df.loc[raw == "trainval", "patient_id"].nunique()
+    assert carved == pytest.approx(0.1, abs=1e-3)
+    leaky = df.copy()
+    leaky.iloc[0, leaky.columns.get_loc("split")] = "test" if raw.iloc[0] == "trainval" else "trainval"
+    with pytest.raises(ValueError, match="in splits"):
+        nih_official_split(leaky, valid_fraction=0.1, seed=1)
+
+
+def test_kfold_patient_resampling(nih: pd.DataFrame) -> None:
+    folds = kfold_patient_resampling(nih, n_folds=5, fractions=(0.7, 0.1, 0.2), seed=0)
+    assert list(folds.columns) == [f"split_{k}" for k in range(5)]
+    for column in folds:
+        assert_patient_disjoint(nih.assign(split=folds[column]))
+        assert patient_fraction(nih, folds[column], "test") == pytest.approx(0.2, abs=1e-4)
+    assert (folds["split_0"] != folds["split_1"]).mean() > 0.1  # independent re-samples
+    pd.testing.assert_frame_equal(folds, kfold_patient_resampling(nih, 5, (0.7, 0.1, 0.2), seed=0))
+    assert not np.array_equal(folds.to_numpy(), kfold_patient_resampling(nih, 5, (0.7, 0.1, 0.2), 1).to_numpy())
