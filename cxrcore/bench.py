@@ -1,0 +1,154 @@
+"""`python -m cxrcore bench`: training images/s of the whole pipeline and of the model alone, and their ratio.
+
+Pipeline: decode PNG/JPEG files through ManifestDataset (the book's loader: decode, resize, augment, normalize),
+DataLoader, then a full training step. Model alone: the same step on a device-resident random batch. A ratio far
+below 1 means the input pipeline, not the GPU/CPU compute, limits training (add --workers).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from cxrcore.losses import masked_bce
+from cxrcore.models import build_model
+from cxrcore.settings import settings
+from cxrcore.train import make_loader, resolve_device
+
+WARMUP_STEPS = 2
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def find_images(data_root: Path, limit: int) -> list[Path]:
+    """Up to `limit` image files under data_root (relative paths), in a stable order."""
+    if not data_root.is_dir():
+        return []
+    found = (p for p in sorted(data_root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p.relative_to(data_root) for p in itertools.islice(found, limit)]
+
+
+def write_demo_images(folder: Path, count: int, side: int = 320, seed: int = 0) -> list[Path]:
+    """`count` grey PNG radiograph-sized images (noise with a bright blob) for when there is no demo data."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        pixels = rng.normal(100, 25, size=(side, side))
+        r, c = rng.integers(side // 8, side // 2, size=2)
+        pixels[r:r + side // 4, c:c + side // 4] += 80
+        path = folder / f"bench_{i:04d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path.relative_to(folder))
+    return paths
+
+
+def bench_manifest(paths: list[Path]) -> pd.DataFrame:
+    """A manifest (project schema) over the images, with one random finding column."""
+    rng = np.random.default_rng(0)
+    ids = [f"b{i}" for i in range(len(paths))]
+    return pd.DataFrame({"path": [str(p) for p in paths], "site": "hospital", "patient_id": ids, "study_id": ids,
+                         "view": "frontal", "projection": "PA", "sex": "U", "age": 50.0, "split": "train",
+                         "Cardiomegaly": rng.integers(0, 2, len(paths)).astype(float)})
+
+
+class _Stepper:
+    """One training step (forward, masked BCE, backward, Adam) of a model on a device."""
+
+    def __init__(self, arch: str, device: torch.device, precision: str):
+        self.device = device
+        self.channels_last = device.type == "cuda"
+        self.model = build_model(arch, 1, seed=0).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.autocast = precision == "bf16"
+
+    def __call__(self, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+        target, mask = target.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(images)
+        loss = masked_bce(logits, target, mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _timed(stepper: _Stepper, batches, steps: int, batch: int) -> float:
+    """Images/s over `steps` steps after WARMUP_STEPS untimed ones."""
+    iterator = iter(batches)
+    for _ in range(WARMUP_STEPS):
+        stepper(*next(iterator))
+    stepper.sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        stepper(*next(iterator))
+    stepper.sync()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision: str = "bf16", steps: int = 10,
+          data_root: str | Path | None = None, workers: int | None = None, device: str = "auto") -> pd.DataFrame:
+    """One-row table: device, settings, pipeline images/s, model-alone images/s and their ratio."""
+    device = resolve_device(device)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    needed = batch * (steps + WARMUP_STEPS)
+    root = Path(data_root) if data_root is not None else settings().data_root
+    stepper = _Stepper(arch, device, precision)
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
+        paths = find_images(root, needed)
+        source = str(root)
+        if len(paths) < needed:
+            root, source = Path(tmp), f"{needed} generated 320 px PNGs"
+            paths = write_demo_images(root, needed)
+        from cxrcore.datasets import ManifestDataset
+
+        dataset = ManifestDataset(bench_manifest(paths), root, ["Cardiomegaly"], image_size=size, augment="mild")
+        loader = make_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                             device=device, distributed=False)
+        pipeline = _timed(stepper, ((b["image"], b["target"], b["mask"]) for b in loader), steps, batch)
+        del loader  # stop the workers
+    images = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, 2, (batch, 1), device=device).float()
+    model_alone = _timed(stepper, itertools.repeat((images, target, torch.ones_like(target))), steps, batch)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return pd.DataFrame([{"device": name, "arch": arch, "size": size, "batch": batch, "precision": precision,
+                          "workers": workers, "data": source, "pipeline_img_s": round(pipeline, 1),
+                          "model_img_s": round(model_alone, 1), "ratio": round(pipeline / model_alone, 3)}])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m cxrcore bench`."""
+    parser.add_argument("--arch", default="densenet121", help="model architecture (default densenet121)")
+    parser.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps (default 10)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder with PNG/JPEG images (default $CXR_DATA_ROOT); generated if too few")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs))")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark and print its table."""
+    device = resolve_device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    table = bench(args.arch, args.size, args.batch, precision, args.steps, args.data_root, args.workers, args.device)
+    print(table.T.to_string(header=False))
+    return 0

@@ -1,0 +1,167 @@
+"""Small plotting helpers for the data chapter: prevalence, label values, co-occurrence, demographics, scores.
+
+Each function draws on `ax` (a new figure when None), titles and labels it, and returns the Axes. Inputs are the
+tables of data_prep.stats / data_prep.labeler_eval / cxrcore.metrics, so the figures show exactly what the tables
+hold. Nothing is read or written here.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+LABEL_VALUES = ("positive", "uncertain", "negative", "not_mentioned")
+LABEL_COLOURS = {"positive": "#c0392b", "uncertain": "#f39c12", "negative": "#2e86c1", "not_mentioned": "#d5d8dc"}
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    """The given Axes, or the Axes of a new figure of `figsize` inches."""
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def grouped_barh(table: pd.DataFrame, ax: Axes | None = None, *, title: str, xlabel: str,
+                 percent: bool = False) -> Axes:
+    """Horizontal grouped bars: one group per row of `table`, one bar per column (legend = column names)."""
+    ax = _axes(ax, (7, 0.35 * len(table) * max(1, len(table.columns)) ** 0.5 + 1.2))
+    values = table * 100 if percent else table
+    values.iloc[::-1].plot.barh(ax=ax, width=0.8)  # first row on top
+    ax.set_title(title)
+    ax.set_xlabel(xlabel + (" (%)" if percent else ""))
+    ax.set_ylabel("")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def prevalence_bars(prevalence: pd.DataFrame, ax: Axes | None = None, *,
+                    title: str = "Prevalence per finding") -> Axes:
+    """Share of positive images per finding (rows) and dataset (columns), as grouped horizontal bars in %."""
+    return grouped_barh(prevalence, ax, title=title, xlabel="images labelled positive", percent=True)
+
+
+def label_composition(counts: pd.DataFrame, ax: Axes | None = None, *, title: str = "Label values per finding") -> Axes:
+    """Stacked shares of positive / uncertain / negative / not mentioned per finding (a label_counts table)."""
+    ax = _axes(ax, (7, 0.32 * len(counts) + 1.2))
+    columns = [c for c in LABEL_VALUES if c in counts.columns]
+    shares = counts.set_index("finding")[columns]
+    shares = shares.div(shares.sum(axis=1), axis=0) * 100
+    shares.iloc[::-1].plot.barh(stacked=True, ax=ax, width=0.8, color=[LABEL_COLOURS[c] for c in columns])
+    ax.set_title(title)
+    ax.set_xlabel("share of images (%)")
+    ax.set_ylabel("")
+    ax.set_xlim(0, 100)
+    ax.legend([c.replace("_", " ") for c in columns], fontsize=8, ncols=len(columns), loc="upper center",
+              bbox_to_anchor=(0.5, -0.12))
+    return ax
+
+
+def cooccurrence_heatmap(matrix: pd.DataFrame, ax: Axes | None = None, *, title: str = "Co-occurrence",
+                         colorbar_label: str = "P(column positive | row positive)") -> Axes:
+    """Heatmap of a (K, K) co-occurrence table (data_prep.stats.cooccurrence), annotated in % when conditional."""
+    ax = _axes(ax, (0.5 * len(matrix) + 2.5, 0.45 * len(matrix) + 1.5))
+    conditional = float(np.nanmax(matrix.to_numpy())) <= 1.0
+    colorbar = {"label": colorbar_label + (" (%)" if conditional else "")}
+    sns.heatmap(matrix * 100 if conditional else matrix, ax=ax, cmap="rocket_r", square=True, annot=True,
+                fmt=".0f", annot_kws={"fontsize": 6}, cbar_kws=colorbar, vmin=0, vmax=100 if conditional else None)
+    ax.set_title(title)
+    ax.set_xlabel("finding (column)")
+    ax.set_ylabel("finding (row)")
+    ax.tick_params(labelsize=7)
+    return ax
+
+
+def age_histograms(tables: Mapping[str, pd.DataFrame], ax: Axes | None = None, *,
+                   title: str = "Age distribution", bin_width: float = 2.0) -> Axes:
+    """Density histograms (steps) of the `age` column of each named table, one line per dataset."""
+    ax = _axes(ax, (6, 3.5))
+    top = max(float(t["age"].max()) for t in tables.values())
+    bins = np.arange(0, top + bin_width, bin_width)
+    for name, table in tables.items():
+        ax.hist(table["age"].dropna(), bins=bins, density=True, histtype="step", linewidth=1.5, label=name)
+    ax.set_title(title)
+    ax.set_xlabel("age (years)")
+    ax.set_ylabel("density (per year)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def category_shares(tables: Mapping[str, pd.DataFrame], column: str, ax: Axes | None = None, *,
+                    title: str | None = None, order: Sequence[str] | None = None) -> Axes:
+    """Grouped bars of the share (%) of each value of `column` (e.g. sex, projection) in each named table."""
+    ax = _axes(ax, (5, 3.5))
+    shares = pd.DataFrame({name: t[column].value_counts(normalize=True) * 100 for name, t in tables.items()}).fillna(0)
+    if order is not None:
+        shares = shares.reindex([v for v in order if v in shares.index])
+    shares.plot.bar(ax=ax, rot=0, width=0.8)
+    ax.set_title(title or f"{column.capitalize()} distribution")
+    ax.set_xlabel(column)
+    ax.set_ylabel("share of images (%)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def images_per_patient(tables: Mapping[str, pd.DataFrame], ax: Axes | None = None, *,
+                       title: str = "Images per patient", cap: int = 20) -> Axes:
+    """Share of patients (%) with 1, 2, ..., `cap` or more images, per named table (one line each)."""
+    ax = _axes(ax, (6, 3.5))
+    for name, table in tables.items():
+        sizes = table.groupby("patient_id").size().clip(upper=cap)
+        shares = sizes.value_counts(normalize=True).reindex(range(1, cap + 1), fill_value=0) * 100
+        ax.plot(shares.index, shares.to_numpy(), marker="o", markersize=3, label=name)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(f"images per patient (last point: {cap} or more)")
+    ax.set_ylabel("share of patients (%)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def demographics_figure(tables: Mapping[str, pd.DataFrame], *, title: str = "Who is in the datasets") -> Figure:
+    """Four panels: age histograms, sex shares, projection shares and images per patient."""
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    age_histograms(tables, axes[0, 0])
+    category_shares(tables, "sex", axes[0, 1], title="Sex", order=["M", "F", "U"])
+    category_shares(tables, "projection", axes[1, 0], title="Projection (lateral: unknown / LL / RL)")
+    images_per_patient(tables, axes[1, 1])
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def labeler_scores(scores: pd.DataFrame, metric: str = "f1", ax: Axes | None = None, *,
+                   title: str | None = None) -> Axes:
+    """Grouped bars of one metric per class (rows) and labeler (bars), from labeler_eval.evaluate_labelers()."""
+    table = scores.pivot(index="class", columns="labeler", values=metric)
+    table = table.reindex(index=list(dict.fromkeys(scores["class"])), columns=list(dict.fromkeys(scores["labeler"])))
+    ax = grouped_barh(table, ax, title=title or f"Report labelers against MeSH: {metric}", xlabel=metric)
+    ax.set_xlim(0, 1)
+    return ax
+
+
+def auroc_intervals(tables: Mapping[str, pd.DataFrame], ax: Axes | None = None, *,
+                    title: str = "AUROC with 95% bootstrap interval") -> Axes:
+    """AUROC points with [low, high] error bars per finding (rows of each table), one colour per named table."""
+    names = list(tables)
+    findings = list(dict.fromkeys(f for t in tables.values() for f in t.index))
+    ax = _axes(ax, (7, 0.45 * len(findings) + 1.5))
+    offsets = np.linspace(-0.15, 0.15, len(names)) if len(names) > 1 else np.zeros(1)
+    positions = np.arange(len(findings))[::-1]  # first finding on top
+    for offset, name in zip(offsets, names, strict=True):
+        table = tables[name].reindex(findings)
+        errors = np.vstack([table["auroc"] - table["low"], table["high"] - table["auroc"]])
+        ax.errorbar(table["auroc"], positions + offset, xerr=errors, fmt="o", capsize=3, label=name)
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(positions, findings)
+    ax.set_title(title)
+    ax.set_xlabel("AUROC")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return ax

@@ -1,0 +1,112 @@
+"""Each paper's training hyper-parameters as a named preset, and `quick()` versions that only shrink sizes.
+
+Values are as the papers report them; where a paper does not report a value the preset says so in `chosen`
+(the value used there is this project's choice, not the paper's).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from cxrcore.train import TrainConfig
+
+QUICK_IMAGE_SIZE = 64
+QUICK_MAX_BATCH = 16
+QUICK_MAX_EPOCHS = 3
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Optimizer, learning rate, schedule, batch, epochs, input size and augmentation of one paper's setup."""
+
+    name: str
+    paper: str
+    lr: float
+    batch_size: int
+    epochs: int
+    image_size: int
+    augment: str | bool  # cxrcore.datasets augmentation: False | "mild" | "paper000" | "paper001" | "paper002"
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"  # plateau (on validation loss) | none (fixed learning rate)
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    select_by: str = "val_loss"
+    large: bool = False  # paper 001's "-large" input (twice the side); quick() keeps the factor two
+    quick: bool = False
+    chosen: tuple[str, ...] = field(default=())  # fields the paper does not report (this project's choice)
+
+    def train_config(self, **machinery: object) -> TrainConfig:
+        """The TrainConfig of this preset; `machinery` sets the non-hyper-parameter fields (seed, device...)."""
+        if self.optimizer != "adam":
+            raise ValueError(f"preset {self.name}: optimizer {self.optimizer!r} is not implemented (only 'adam')")
+        return TrainConfig(epochs=self.epochs, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
+                           scheduler=self.scheduler, plateau_factor=self.plateau_factor,
+                           plateau_patience=self.plateau_patience, select_by=self.select_by, **machinery)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return {**dataclasses.asdict(self), "betas": list(self.betas), "chosen": list(self.chosen)}
+
+
+PRESETS: dict[str, Preset] = {
+    # Bajwa et al. 3.3: Adam (defaults), lr 1e-3, x0.1 after 5 epochs without validation-loss improvement, batch 16,
+    # 30 epochs, 320 x 320, random horizontal flip, rotation up to 20 degrees, shifts up to 0.2; best epoch by the
+    # lowest validation loss.
+    "paper000": Preset(name="paper000", paper="Bajwa et al. (000)", lr=1e-3, batch_size=16, epochs=30,
+                       image_size=320, augment="paper000", plateau_factor=0.1, plateau_patience=5),
+    # Baltruschat et al. 3: Adam (0.9, 0.999), lr 1e-3 for transfer learning, halved when the validation loss does
+    # not improve, batch 16, 224 px (256 then centre crop at test), Inception-style crops, +-7 degrees, flip;
+    # best model by validation loss. Patience and epochs are not reported.
+    "paper001": Preset(name="paper001", paper="Baltruschat et al. (001)", lr=1e-3, batch_size=16, epochs=30,
+                       image_size=224, augment="paper001", plateau_factor=0.5, plateau_patience=3,
+                       chosen=("epochs", "plateau_patience")),
+    # from scratch: lr 1e-2 (same schedule)
+    "paper001-scratch": Preset(name="paper001-scratch", paper="Baltruschat et al. (001)", lr=1e-2, batch_size=16,
+                               epochs=30, image_size=224, augment="paper001", plateau_factor=0.5, plateau_patience=3,
+                               chosen=("epochs", "plateau_patience")),
+    # "-large": 448 x 448 (480 then centre crop at test), from scratch, batch 8
+    "paper001-large": Preset(name="paper001-large", paper="Baltruschat et al. (001)", lr=1e-2, batch_size=8,
+                             epochs=30, image_size=448, augment="paper001", plateau_factor=0.5, plateau_patience=3,
+                             large=True, chosen=("epochs", "plateau_patience")),
+    # Wei and Jethani 4.2: Adam (0.9, 0.999), fixed lr 1e-4, batch 16, 3 epochs, resize 364 + random crop 320 +
+    # horizontal flip; they report each epoch and use the model after the 3rd.
+    "paper002": Preset(name="paper002", paper="Wei and Jethani (002)", lr=1e-4, batch_size=16, epochs=3,
+                       image_size=320, augment="paper002", scheduler="none", select_by="last"),
+    # Borhan 4: Adam lr 1e-4 (0.9, 0.999); Keras applications' default 224 px input. Batch, epochs, schedule and
+    # augmentation are not reported: batch 32 (Keras' default), 10 epochs, fixed lr, no augmentation, best epoch
+    # by validation loss are this project's choices.
+    "paper003": Preset(name="paper003", paper="Borhan (003)", lr=1e-4, batch_size=32, epochs=10, image_size=224,
+                       augment=False, scheduler="none",
+                       chosen=("batch_size", "epochs", "scheduler", "augment", "select_by", "image_size")),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset (KeyError lists the names)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def quick(preset: Preset | str) -> Preset:
+    """The CPU-sized version: 64 px input (128 for "-large"), batch <= 16, <= 3 epochs; nothing else changes."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if preset.quick:
+        return preset
+    size = QUICK_IMAGE_SIZE * (2 if preset.large else 1)
+    return dataclasses.replace(preset, image_size=size, batch_size=min(preset.batch_size, QUICK_MAX_BATCH),
+                               epochs=min(preset.epochs, QUICK_MAX_EPOCHS), quick=True)
+
+
+def with_overrides(preset: Preset, overrides: dict | None) -> Preset:
+    """A copy of the preset with some fields replaced; an unknown field name raises naming the valid ones."""
+    overrides = dict(overrides or {})
+    names = {f.name for f in dataclasses.fields(Preset)} - {"name", "paper", "quick", "chosen"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown preset override(s) {unknown}; valid: {sorted(names)}")
+    if "betas" in overrides:
+        overrides["betas"] = tuple(overrides["betas"])
+    return dataclasses.replace(preset, **overrides)

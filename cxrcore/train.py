@@ -1,0 +1,456 @@
+"""One plain-PyTorch training loop for every chapter: Adam, ReduceLROnPlateau, best-epoch selection, checkpoints.
+
+Runs on CPU, on one GPU (bf16 autocast, channels_last) and on several GPUs under
+`torchrun --nproc_per_node N` (DistributedDataParallel; rank 0 validates, logs and saves).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from cxrcore.losses import masked_bce, multiclass_ce
+from cxrcore.metrics import auroc_per_class, predictions_frame
+from cxrcore.models import probabilities, unwrap
+
+SELECT_BY = ("val_loss", "mean_auroc", "last")
+# config fields that may differ between a crashed run and its resumption
+_RESUME_FREE = {"epochs", "progress", "resume", "checkpoint_dir", "device", "compile"}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and machinery switches of `fit`."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"  # plateau (on validation loss) | none
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    select_by: str = "val_loss"  # which epoch's weights to keep: val_loss | mean_auroc | last
+    loss: str = "bce"  # bce (sigmoid per finding) | multiclass3 (paper 002)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False  # torch.compile the model
+    checkpoint_dir: str | None = None  # last.pt each epoch + best.pt; resume from last.pt after a crash
+    resume: bool = True
+    restore_best: bool = True  # load the selected epoch's weights into the model at the end
+    progress: bool = True
+    max_steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by={self.select_by!r}: expected one of {SELECT_BY}")
+        if self.scheduler not in ("plateau", "none"):
+            raise ValueError(f"scheduler={self.scheduler!r}: expected 'plateau' or 'none'")
+        if self.loss not in ("bce", "multiclass3"):
+            raise ValueError(f"loss={self.loss!r}: expected 'bce' or 'multiclass3'")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r}: expected auto, fp32 or bf16")
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (also stored in checkpoints)."""
+        return {**dataclasses.asdict(self), "betas": list(self.betas)}
+
+
+@dataclass
+class History:
+    """Per-epoch table (epoch, loss, val_loss, auroc_<finding>..., mean_auroc, lr, images_per_s, seconds)."""
+
+    table: pd.DataFrame
+    best_epoch: int
+    select_by: str
+    checkpoint_dir: Path | None = None
+
+    @property
+    def best(self) -> pd.Series:
+        """The row of the selected epoch."""
+        return self.table.set_index("epoch").loc[self.best_epoch]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def atomic_save(obj: object, path: Path) -> Path:
+    """torch.save to a temporary file next to `path`, then os.replace: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto -> this rank's GPU if CUDA is available (LOCAL_RANK under torchrun), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _distributed() -> tuple[bool, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
+
+
+def _seed_worker(worker_id: int) -> None:
+    # workers inherit a torch seed from the loader's generator; derive numpy/random from it for augmentations
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002 - legacy global RNG some augmentation libraries read
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+                drop_last: bool = False, distributed: bool | None = None, device: str | torch.device | None = None,
+                prefetch_factor: int | None = None) -> DataLoader:
+    """DataLoader with a seeded generator, pinned memory on CUDA, persistent workers, DistributedSampler under DDP."""
+    device = resolve_device("auto") if device is None else torch.device(device)
+    distributed = _distributed()[0] if distributed is None else distributed
+    sampler = None
+    if distributed:
+        is_dist, rank, world = _distributed()
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=drop_last,
+                      persistent_workers=num_workers > 0, generator=generator,
+                      worker_init_fn=_seed_worker if num_workers > 0 else None,
+                      prefetch_factor=prefetch_factor if num_workers > 0 else None)
+
+
+def _rng_state(loader: DataLoader) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "loader": loader.generator.get_state() if loader.generator is not None else None}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, loader: DataLoader) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if state.get("loader") is not None and loader.generator is not None:
+        loader.generator.set_state(state["loader"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: object) -> object:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _batch_to(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)  # (B, C, H, W)
+    target = batch["target"].to(device, non_blocking=True)  # (B, K) float, or long for multiclass3
+    mask = batch["mask"].to(device, non_blocking=True)  # (B, K)
+    features = batch.get("features")
+    features = features.to(device, non_blocking=True) if features is not None else None  # (B, 3)
+    return images, target, mask, features
+
+
+def _forward(model: nn.Module, images: torch.Tensor, features: torch.Tensor | None, uses_meta: bool) -> torch.Tensor:
+    return model(images, features) if uses_meta else model(images)
+
+
+class _Criterion:
+    """The training loss and the validation loss for cfg.loss."""
+
+    def __init__(self, kind: str, pos_weight: torch.Tensor | None, class_weight: torch.Tensor | None, device):
+        self.kind = kind
+        self.pos_weight = pos_weight.to(device) if pos_weight is not None else None
+        self.class_weight = class_weight.to(device) if class_weight is not None else None
+
+    def train(self, logits, target, mask) -> torch.Tensor:
+        if self.kind == "multiclass3":
+            return multiclass_ce(logits, target, mask, self.class_weight)
+        return masked_bce(logits, target, mask, pos_weight=self.pos_weight, class_weight=self.class_weight)
+
+    def valid(self, logits, target, mask) -> torch.Tensor:
+        if self.kind == "multiclass3":  # paper 002: uncertain masked out, softmax over negative/positive
+            return multiclass_ce(logits, target, mask, binary_only=True)
+        return masked_bce(logits, target, mask, pos_weight=self.pos_weight, class_weight=self.class_weight)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _collect(model: nn.Module, loader: DataLoader, device: torch.device, *, autocast: bool, channels_last: bool,
+             criterion: _Criterion | None = None) -> dict:
+    """Run the model over a loader: probabilities, targets, masks, ids and (optionally) the mean loss."""
+    uses_meta = bool(getattr(unwrap(model), "meta_features", 0))
+    was_training = model.training
+    model.eval()
+    probs, targets, masks, ids = [], [], [], {"path": [], "patient_id": [], "study_id": []}
+    loss_sum, loss_weight = 0.0, 0.0
+    for batch in loader:
+        images, target, mask, features = _batch_to(batch, device, channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = _forward(model, images, features, uses_meta)
+        if criterion is not None:
+            counted = float(mask.sum()) if criterion.kind == "bce" else float((mask * (target != 2)).sum())
+            loss_sum += float(criterion.valid(logits, target, mask)) * counted
+            loss_weight += counted
+        probs.append(probabilities(logits).cpu())
+        targets.append(target.cpu())
+        masks.append(mask.cpu())
+        for key in ids:
+            ids[key].extend(batch.get(key, [""] * len(images)))
+    model.train(was_training)
+    return {"prob": torch.cat(probs).numpy(), "target": torch.cat(targets).numpy(), "mask": torch.cat(masks).numpy(),
+            "ids": ids, "loss": loss_sum / loss_weight if loss_weight else float("nan")}
+
+
+def _binary_view(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Targets/masks for AUROC: multiclass targets (0/1/2) count only where not uncertain."""
+    if np.issubdtype(target.dtype, np.integer):
+        return (target == 1).astype(float), mask * (target != 2)
+    return target, mask
+
+
+def predict(model: nn.Module, loader: DataLoader, *, class_names: Sequence[str] | None = None,
+            device: str | torch.device = "auto", precision: str = "auto") -> pd.DataFrame:
+    """Per-image table in cxrcore.metrics' format: path, patient_id, study_id, <finding> (label 0/1, NaN where not
+    counted; uncertain under u-multiclass), <finding>_score (probability)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = model.to(device)
+    autocast = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    out = _collect(model, loader, device, autocast=autocast, channels_last=False)
+    names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(out["prob"].shape[1])]
+    target, mask = _binary_view(out["target"], out["mask"])
+    return predictions_frame(target, out["prob"], names, ids=out["ids"], mask=mask)
+
+
+# ---------------------------------------------------------------- training
+
+
+def _checkpoint_paths(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
+    if cfg.checkpoint_dir is None:
+        return None, None
+    root = Path(cfg.checkpoint_dir)
+    return root / "last.pt", root / "best.pt"
+
+
+def _improved(select_by: str, value: float, best: float | None) -> bool:
+    if select_by == "last" or best is None:
+        return True
+    if math.isnan(value):
+        return False
+    return value < best if select_by == "val_loss" else value > best
+
+
+def _check_resume_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    current = cfg.to_dict()
+    differs = [key for key in current if key not in _RESUME_FREE and saved.get(key) != current[key]]
+    if differs:
+        raise ValueError(f"{path} was written with a different training config ({', '.join(differs)}); "
+                         "delete it or point checkpoint_dir elsewhere to start afresh")
+
+
+class _Trainer:
+    """State of one `fit` call; methods are the loop's steps."""
+
+    def __init__(self, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, cfg: TrainConfig,
+                 class_names: Sequence[str] | None, pos_weight, class_weight):
+        self.cfg = cfg
+        self.distributed, self.rank, self.world = _distributed()
+        self.device = resolve_device(cfg.device)
+        self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        self.plain = unwrap(model).to(self.device)  # saved / evaluated; `self.model` is what trains
+        if self.channels_last:
+            self.plain = self.plain.to(memory_format=torch.channels_last)
+        self.uses_meta = bool(getattr(self.plain, "meta_features", 0))
+        self.model: nn.Module = self.plain
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.plain, device_ids=device_ids)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.train_loader, self.valid_loader = train_loader, valid_loader
+        self.class_names = list(class_names) if class_names is not None else None
+        self.criterion = _Criterion(cfg.loss, pos_weight, class_weight, self.device)
+        params = [p for p in self.plain.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+            if cfg.scheduler == "plateau" else None)
+        self.records: list[dict] = []
+        self.best_epoch, self.best_metric, self.best_state = 0, None, None
+        self.start_epoch = 1
+        self.last_path, self.best_path = _checkpoint_paths(cfg)
+
+    # -- persistence
+    def resume(self) -> None:
+        if not (self.cfg.resume and self.last_path is not None and self.last_path.is_file()):
+            return
+        checkpoint = torch.load(self.last_path, map_location=self.device, weights_only=True)
+        _check_resume_config(checkpoint["config"], self.cfg, self.last_path)
+        self.plain.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.records = list(checkpoint["history"])
+        self.best_epoch, self.best_metric = checkpoint["best_epoch"], checkpoint["best_metric"]
+        if self.best_path is not None and self.best_path.is_file():
+            self.best_state = torch.load(self.best_path, map_location="cpu", weights_only=True)["model"]
+        _set_rng_state(checkpoint["rng"], self.train_loader)
+        self.start_epoch = checkpoint["epoch"] + 1
+
+    def save(self, epoch: int, improved: bool) -> None:
+        if self.rank != 0 or self.last_path is None:
+            return
+        if improved:
+            atomic_save({"model": self.plain.state_dict(), "epoch": epoch}, self.best_path)
+        atomic_save({"model": self.plain.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                     "epoch": epoch, "history": self.records, "best_epoch": self.best_epoch,
+                     "best_metric": self.best_metric, "rng": _rng_state(self.train_loader),
+                     "config": self.cfg.to_dict()}, self.last_path)
+
+    # -- one epoch
+    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """Mean training loss (over ranks), images/s and seconds of the training pass."""
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(epoch)
+        self.model.train()
+        loss_sum, images_seen, start = 0.0, 0, time.perf_counter()
+        total = len(self.train_loader)
+        if self.cfg.max_steps_per_epoch is not None:
+            total = min(total, self.cfg.max_steps_per_epoch)
+        bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, mininterval=1.0,
+                   disable=not self.cfg.progress or self.rank != 0)
+        for step, batch in enumerate(self.train_loader, start=1):
+            images, target, mask, features = _batch_to(batch, self.device, self.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = _forward(self.model, images, features, self.uses_meta)
+            loss = self.criterion.train(logits, target, mask)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                paths = list(batch.get("path", []))[:3]
+                raise FloatingPointError(f"training loss is {loss_value} at epoch {epoch}, step {step} "
+                                         f"(batch of {len(images)} images starting {paths}); lower the learning "
+                                         "rate or check the inputs for NaN/inf")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss_value * len(images)
+            images_seen += len(images)
+            elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / images_seen:.4f}", img_s=f"{images_seen * self.world / elapsed:.1f}")
+            if step >= total:
+                break
+        bar.close()
+        seconds = time.perf_counter() - start
+        totals = torch.tensor([loss_sum, float(images_seen)], dtype=torch.float64)
+        if self.distributed:
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+        loss_sum, images_all = totals.tolist()
+        return loss_sum / max(images_all, 1.0), images_all / seconds, seconds
+
+    def validate(self) -> dict:
+        """Validation loss and per-class AUROC (rank 0 computes, every rank receives)."""
+        payload = [None]
+        if self.rank == 0:
+            out = _collect(self.plain, self.valid_loader, self.device, autocast=self.autocast,
+                           channels_last=self.channels_last, criterion=self.criterion)
+            names = self.class_names or [f"class_{k}" for k in range(out["prob"].shape[1])]
+            self.class_names = names
+            target, mask = _binary_view(out["target"], out["mask"])
+            with warnings.catch_warnings():  # an undefined AUROC is recorded as NaN in the history table
+                warnings.simplefilter("ignore")
+                aurocs = auroc_per_class(target, out["prob"], mask, names).to_dict()
+            values = [v for v in aurocs.values() if not math.isnan(v)]
+            payload = [{"val_loss": out["loss"], "aurocs": aurocs,
+                        "mean_auroc": float(np.mean(values)) if values else float("nan")}]
+        if self.distributed:
+            dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
+    def run(self, on_epoch_end: Callable[[int, History], None] | None) -> History:
+        for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss, images_per_s, _ = self.train_epoch(epoch)
+            val = self.validate()
+            if self.scheduler is not None:
+                self.scheduler.step(val["val_loss"])
+            record = {"epoch": epoch, "loss": loss, "val_loss": val["val_loss"],
+                      **{f"auroc_{name}": value for name, value in val["aurocs"].items()},
+                      "mean_auroc": val["mean_auroc"], "lr": lr, "images_per_s": images_per_s,
+                      "seconds": time.perf_counter() - epoch_start}
+            self.records.append(record)
+            metric = val["val_loss"] if self.cfg.select_by == "val_loss" else val["mean_auroc"]
+            improved = _improved(self.cfg.select_by, metric, self.best_metric)
+            if improved:
+                self.best_epoch, self.best_metric = epoch, metric
+                if self.cfg.restore_best:
+                    self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.plain.state_dict().items()}
+            self.save(epoch, improved)
+            if self.distributed:
+                dist.barrier()
+            if self.cfg.progress and self.rank == 0:
+                print(f"epoch {epoch}: loss {loss:.4f} val_loss {val['val_loss']:.4f} "
+                      f"mean AUROC {val['mean_auroc']:.3f} lr {lr:.2g} {images_per_s:.1f} img/s", flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, self.history())
+        self.restore_best()
+        return self.history()
+
+    def restore_best(self) -> None:
+        # every rank selected the same epoch (the metric comes from rank 0), so each restores its own copy
+        if self.cfg.restore_best and self.best_state is not None:
+            self.plain.load_state_dict(self.best_state)
+
+    def history(self) -> History:
+        checkpoint_dir = Path(self.cfg.checkpoint_dir) if self.cfg.checkpoint_dir else None
+        return History(pd.DataFrame(self.records), self.best_epoch, self.cfg.select_by, checkpoint_dir)
+
+
+def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *, cfg: TrainConfig,
+        class_names: Sequence[str] | None = None, pos_weight: torch.Tensor | None = None,
+        class_weight: torch.Tensor | None = None,
+        on_epoch_end: Callable[[int, History], None] | None = None) -> History:
+    """Train with Adam (+ ReduceLROnPlateau), validate each epoch, keep the best epoch; resumable from checkpoints.
+
+    Seeds torch/python RNGs from cfg.seed inside a forked RNG scope, so the caller's global RNG state is untouched.
+    `class_weight` is (K,) for bce or (K, 3) for multiclass3; `on_epoch_end(epoch, history)` runs after each epoch.
+    """
+    devices = [resolve_device(cfg.device).index or 0] if resolve_device(cfg.device).type == "cuda" else []
+    python_state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            trainer = _Trainer(model, train_loader, valid_loader, cfg, class_names, pos_weight, class_weight)
+            trainer.resume()
+            return trainer.run(on_epoch_end)
+    finally:
+        random.setstate(python_state)

@@ -1,0 +1,273 @@
+"""Write the three synthetic sites in the real on-disk layouts, in parallel, deterministically for a seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from data_prep.synth import plan, sample
+from data_prep.synth.render import SITES, render, seeded
+from data_prep.synth.styles import STYLES
+from data_prep.synth.templates import lung_templates
+
+VERSION = "1.0"
+SITE_DIRS = {"chexpert": "CheXpert-v1.0-small", "nih": "ChestX-ray14", "hospital": "hospital"}
+OUR_OUTPUTS = [*SITE_DIRS.values(), "_synth", "synth_meta.json", ".complete"]
+SEX_CODE = {"Male": "M", "Female": "F"}
+
+
+def prepare_root(root: Path, force: bool) -> None:
+    """Refuse a non-empty root without force; with force clear only a previous synthetic tree (never real data)."""
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a directory")
+    if root.exists() and any(root.iterdir()):
+        if not force:
+            raise FileExistsError(f"{root} is not empty; pass --force to replace a previous synthetic tree there")
+        if not (root / "synth_meta.json").is_file():
+            raise FileExistsError(
+                f"{root} holds files not written by `synth` (no synth_meta.json): refusing to "
+                "delete them even with --force; choose an empty --out"
+            )
+        (root / ".complete").unlink(missing_ok=True)
+        for name in OUR_OUTPUTS:
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _size(seed: int, site: str, index: int, size: int) -> tuple[int, int]:
+    """(height, width) of one image: the site's aspect range, drawn per image."""
+    low, high = STYLES[site].aspect
+    return round(size * seeded(seed, site, 3, index).uniform(low, high)), size
+
+
+def _job(seed: int, site: str, index: int, size: int, **fields) -> dict:
+    """A render job with its deterministic image size."""
+    height, width = _size(seed, site, index, size)
+    return {"seed": seed, "site": site, "index": index, "height": height, "width": width, **fields}
+
+
+def chexpert_jobs(seed: int, train: pd.DataFrame, valid: pd.DataFrame, size: int) -> tuple[list, list]:
+    """Render jobs and sign records of the CheXpert-style site (one plan per study, shared by its views)."""
+    table = pd.concat([train, valid], ignore_index=True)
+    study_key = table["Path"].str.rsplit("/", n=1).str[0]
+    jobs, records = [], []
+    for study_number, (_key, rows) in enumerate(table.groupby(study_key, sort=False)):
+        labels = rows.iloc[0][sample.CHEXPERT_FINDINGS].to_dict()
+        signs, study_records = plan.chexpert_plan(seeded(seed, "chexpert", 1, study_number), labels)
+        patient_number = int(rows.iloc[0]["Path"].split("/patient")[1][:5])
+        for index, row in rows.iterrows():
+            lateral = row["Frontal/Lateral"] == "Lateral"
+            projection = "LL" if lateral else ("AP" if row["AP/PA"] == "AP" else "PA")
+            jobs.append(
+                _job(
+                    seed,
+                    "chexpert",
+                    int(index),
+                    size,
+                    path=row["Path"],
+                    view="lateral" if lateral else "frontal",
+                    projection=projection,
+                    sex=SEX_CODE.get(row["Sex"], "U"),
+                    age=float(row["Age"]),
+                    patient_number=patient_number,
+                    study_number=study_number,
+                    signs=signs,
+                )
+            )
+            records += [{"path": row["Path"], **r} for r in study_records]
+    return jobs, records
+
+
+def nih_jobs(seed: int, table: pd.DataFrame, size: int) -> tuple[list, list]:
+    """Render jobs and sign records of the ChestX-ray14-style site (one plan per image)."""
+    jobs, records = [], []
+    for index, row in table.iterrows():
+        path = f"{SITE_DIRS['nih']}/{row['_folder']}/images/{row['Image Index']}"
+        labels = set(row["Finding Labels"].split("|")) - {"No Finding"}
+        projection = "AP" if row["View Position"] == "AP" else "PA"
+        signs, image_records = plan.nih_plan(seeded(seed, "nih", 1, int(index)), labels, projection)
+        jobs.append(
+            _job(
+                seed,
+                "nih",
+                int(index),
+                size,
+                path=path,
+                view="frontal",
+                projection=projection,
+                sex=row["Patient Gender"],
+                age=float(row["Patient Age"]),
+                patient_number=int(row["Patient ID"]),
+                study_number=int(index),
+                signs=signs,
+            )
+        )
+        records += [{"path": path, **r} for r in image_records]
+    return jobs, records
+
+
+def hospital_jobs(seed: int, table: pd.DataFrame, size: int) -> tuple[list, list]:
+    """Render jobs and sign records of the hospital site (signs follow each report's MeSH terms)."""
+    jobs, records = [], []
+    for study_number, (_study, rows) in enumerate(table.groupby("StudyID", sort=False)):
+        signs, study_records = plan.mesh_plan(seeded(seed, "hospital", 1, study_number), rows.iloc[0]["_mesh"])
+        for index, row in rows.iterrows():
+            path = f"{SITE_DIRS['hospital']}/{row['Path']}"
+            jobs.append(
+                _job(
+                    seed,
+                    "hospital",
+                    int(index),
+                    size,
+                    path=path,
+                    view="lateral" if row["View"] == "LL" else "frontal",
+                    projection=row["View"],
+                    sex=row["Sex"],
+                    age=float(row["Age"]),
+                    patient_number=study_number,
+                    study_number=study_number,
+                    signs=signs,
+                )
+            )
+            records += [{"path": path, **r} for r in study_records]
+    return jobs, records
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(templates: np.ndarray, aspects: np.ndarray, root: str) -> None:
+    """Keep the lung templates and the output root in each worker process."""
+    _WORKER.update(templates=templates, aspects=aspects, root=Path(root))
+
+
+def _render_and_save(job: dict) -> dict:
+    """Render one job, save the image in its site's format and its mask PNG; return its ground-truth record."""
+    image, masks, record = render(job, _WORKER["templates"], _WORKER["aspects"])
+    target = _WORKER["root"] / job["path"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if STYLES[job["site"]].image_format == "jpg":
+        Image.fromarray(image).save(target, quality=STYLES[job["site"]].jpeg_quality)
+    else:
+        Image.fromarray(image).save(target)
+    mask_path = Path("_synth/masks") / Path(job["path"]).with_suffix(".png")
+    (_WORKER["root"] / mask_path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(masks).save(_WORKER["root"] / mask_path)
+    return {
+        "path": job["path"],
+        "site": job["site"],
+        "view": job["view"],
+        "projection": job["projection"],
+        "height": job["height"],
+        "width": job["width"],
+        "mask": str(mask_path),
+        **record,
+    }
+
+
+def write_tables(root: Path, chexpert: tuple, nih: pd.DataFrame, hospital: pd.DataFrame) -> None:
+    """The sites' CSV and list files, with exactly the real columns."""
+    train, valid = chexpert
+    columns = list(sample.chexpert_table().columns[:19])
+    site = root / SITE_DIRS["chexpert"]
+    site.mkdir(parents=True, exist_ok=True)
+    train[columns].to_csv(site / "train.csv", index=False)
+    valid[columns].to_csv(site / "valid.csv", index=False)
+    site = root / SITE_DIRS["nih"]
+    site.mkdir(parents=True, exist_ok=True)
+    nih[[c for c in nih.columns if not c.startswith("_")]].to_csv(site / "Data_Entry_2017_v2020.csv", index=False)
+    for split, name in (("train", "train_val_list.txt"), ("test", "test_list.txt")):
+        (site / name).write_text("".join(f"{i}\n" for i in nih.loc[nih["_split"] == split, "Image Index"]))
+    site = root / SITE_DIRS["hospital"]
+    site.mkdir(parents=True, exist_ok=True)
+    hospital[["Path", "PatientID", "StudyID", "View", "Sex", "Age", "Report"]].to_csv(site / "reports.csv", index=False)
+
+
+def _plan_sites(seed: int, per_site: int, size: int) -> tuple[dict, tuple]:
+    """Sample the real metadata of the three sites and turn it into render jobs and sign records."""
+    chexpert = sample.sample_chexpert(seeded(seed, "chexpert", 4, 0), per_site)
+    nih = sample.sample_nih(seeded(seed, "nih", 4, 0), per_site, size)
+    hospital = sample.sample_hospital(seeded(seed, "hospital", 4, 0), per_site)
+    parts = {
+        "chexpert": chexpert_jobs(seed, *chexpert, size),
+        "nih": nih_jobs(seed, nih, size),
+        "hospital": hospital_jobs(seed, hospital, size),
+    }
+    return parts, (chexpert, nih, hospital)
+
+
+def generate(root: Path, per_site: int, size: int, seed: int, workers: int, force: bool = False) -> dict:
+    """Write all three sites under root; returns a summary (images, seconds, images/s/core)."""
+    prepare_root(root, force)
+    start = time.perf_counter()
+    write_meta(root, seed, per_site, size, {})  # early, so a crashed run can be replaced with --force
+    with ProcessPoolExecutor(1) as background:  # the real lung masks decode while the tables are sampled
+        pending = background.submit(lung_templates)
+        parts, tables = _plan_sites(seed, per_site, size)
+        templates, aspects = pending.result()
+    jobs = [job for site in SITES for job in parts[site][0]]
+    prepared = time.perf_counter()
+    with Pool(workers, initializer=_init_worker, initargs=(templates, aspects, str(root))) as pool:
+        results = list(tqdm(pool.imap(_render_and_save, jobs, chunksize=8), total=len(jobs), desc="synth", unit="img"))
+    rendered = time.perf_counter()
+    write_tables(root, *tables)
+    write_ground_truth(root, results, {site: parts[site][1] for site in SITES})
+    summary = {
+        "images": len(jobs),
+        "prepare_s": round(prepared - start, 1),
+        "render_s": round(rendered - prepared, 1),
+        "total_s": round(time.perf_counter() - start, 1),
+        "workers": workers,
+        "images_per_s_per_core": round(len(jobs) / (rendered - prepared) / workers, 1),
+    }
+    write_meta(root, seed, per_site, size, {site: len(parts[site][0]) for site in SITES})
+    (root / ".complete").write_text("synthetic demo data complete\n")  # last: the Makefile's done marker
+    return summary
+
+
+def write_ground_truth(root: Path, results: list[dict], records: dict[str, list]) -> None:
+    """Per site: _synth/<site>_images.csv (view, projection, CTR, drain, mask) and _synth/<site>_signs.csv."""
+    images = pd.DataFrame(results)
+    for site in SITES:
+        images[images["site"] == site].drop(columns="site").to_csv(root / "_synth" / f"{site}_images.csv", index=False)
+        pd.DataFrame(
+            records[site], columns=["path", "label", "label_value", "drawn", "sign", "severity", "equivocal", "side"]
+        ).to_csv(root / "_synth" / f"{site}_signs.csv", index=False)
+
+
+def write_meta(root: Path, seed: int, per_site: int, size: int, counts: dict[str, int]) -> None:
+    """synth_meta.json: what was generated and where the ground truth lies (no timestamps: reproducible)."""
+    meta = {
+        "generator": "data_prep.synth",
+        "version": VERSION,
+        "seed": seed,
+        "per_site": per_site,
+        "size": size,
+        "images": counts,
+        "site_dirs": SITE_DIRS,
+        "ground_truth": {
+            site: {"images": f"_synth/{site}_images.csv", "signs": f"_synth/{site}_signs.csv"} for site in SITES
+        },
+        "masks": "_synth/masks/<image path>.png: red = sign id, green = bits lungs 1, thorax 2, heart 4",
+        "uncertain_draw_rate": plan.UNCERTAIN_DRAW_RATE,
+        "nih_drain_rate_pneumothorax": plan.NIH_DRAIN_RATE,
+        "nih_drain_rate_other": plan.NIH_DRAIN_OTHER_RATE,
+        "nih_unlabelled_device_rate": plan.NIH_DEVICE_RATE,
+    }
+    tmp = root / "synth_meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, root / "synth_meta.json")

@@ -1,0 +1,109 @@
+"""The experiment runner: a real (tiny) run from PNG files and a manifest, its on-disk cache and its keys."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxrcore.cli import dispatch
+from cxrcore.runner import RunConfig, run, run_key
+
+FINDINGS = ["Cardiomegaly", "Pleural Effusion"]
+COMMANDS = {"train": ("cxrcore.runner", "train")}
+
+
+def _write_site(root, n_patients: int = 12, seed: int = 0):
+    """PNG images (a bright blob where Cardiomegaly is positive) and a manifest CSV in the project's schema."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        split = "train" if p < 6 else ("valid" if p < 9 else "test")
+        for s in range(2):
+            path = f"site/images/P{p:05d}/S{s}/view1_frontal.png"
+            positive = int(rng.integers(0, 2))
+            pixels = rng.normal(90, 20, size=(48, 48))
+            if positive:
+                pixels[14:34, 14:34] += 120
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / path)
+            rows.append({"path": path, "site": "hospital", "patient_id": f"{p:05d}", "study_id": f"{p:05d}/{s}",
+                         "view": "frontal", "projection": "PA" if s else "AP", "sex": "MF"[p % 2], "age": 40 + p,
+                         "split": split, "Cardiomegaly": positive,
+                         "Pleural Effusion": [1, 0, -1, np.nan][int(rng.integers(0, 4))]})
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner_data")
+    return root, _write_site(root)
+
+
+def _config(root, manifest, **changes) -> dict:
+    config = {"manifest": str(manifest), "data_root": str(root), "findings": FINDINGS, "policy": "u-ones",
+              "arch": "resnet18", "channels": 1, "weights": None, "preset": "paper003", "profile": "quick",
+              "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}, "seed": 0}
+    return {**config, **changes}
+
+
+def test_run_then_cache_hit(site, tmp_path, capsys):
+    root, manifest = site
+    runs = tmp_path / "runs"
+    first = run(_config(root, manifest), runs_dir=runs)
+    assert not first.cached and first.run_dir == runs / first.key
+    assert list(first.history["epoch"]) == [1]
+    assert len(first.predictions) == 6 and first.predictions["patient_id"].str.fullmatch(r"\d{5}").all()
+    assert first.predictions["patient_id"].iloc[0] == "00009"  # leading zeros survive the CSV round trip
+    assert set(first.metrics["test_auroc"]) == set(FINDINGS)
+    assert torch.load(first.checkpoint, weights_only=True)["model_config"]["arch"] == "resnet18"
+    assert sorted(p.name for p in runs.iterdir()) == [first.key]  # no work or temp directory left behind
+
+    second = run(_config(root, manifest), runs_dir=runs)
+    assert second.cached and second.key == first.key
+    pd.testing.assert_frame_equal(second.predictions, first.predictions)
+    assert second.load_model().head.weight.shape == (2, 512)
+
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps(_config(root, manifest)))
+    assert dispatch(COMMANDS, "cxrcore", "", ["train", str(config_file), "--runs-dir", str(runs), "--quiet"]) == 0
+    assert f"run {first.key} (cached)" in capsys.readouterr().out
+
+    downstream = _config(root, manifest, weights=f"run:{first.key}")
+    assert run_key(downstream, runs_dir=runs) != first.key
+
+
+def test_key_changes_with_config_and_manifest(site, tmp_path):
+    root, manifest = site
+    base = run_key(_config(root, manifest), runs_dir=tmp_path)
+    assert run_key(_config(root, manifest), runs_dir=tmp_path) == base
+    assert run_key(_config(root, manifest, seed=1), runs_dir=tmp_path) != base
+    assert run_key(_config(root, manifest, overrides={"image_size": 32, "epochs": 2, "batch_size": 8}),
+                   runs_dir=tmp_path) != base
+    assert run_key(_config(root, manifest, profile="full"), runs_dir=tmp_path) != base
+    # where the data lies and how many loader workers read it do not change the experiment
+    assert run_key(_config(root, manifest, data_root="/elsewhere", num_workers=2), runs_dir=tmp_path) == base
+    changed = tmp_path / "manifest.csv"
+    table = pd.read_csv(manifest, dtype=str)
+    table.loc[0, "Cardiomegaly"] = "0" if table.loc[0, "Cardiomegaly"] == "1" else "1"
+    table.to_csv(changed, index=False)
+    assert run_key(_config(root, changed), runs_dir=tmp_path) != base
+
+
+def test_bad_configs_fail_clearly(site, tmp_path):
+    root, manifest = site
+    with pytest.raises(ValueError, match=r"unknown run config key\(s\) \['learning_rate'\]"):
+        run_key(_config(root, manifest, learning_rate=0.1), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown preset override"):
+        run_key(_config(root, manifest, overrides={"lrr": 1}), runs_dir=tmp_path)
+    with pytest.raises(KeyError, match="unknown preset"):
+        run_key(_config(root, manifest, preset="paper999"), runs_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        run_key(_config(root, manifest, weights="run:0123abcd"), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="lacks required"):
+        RunConfig.from_dict({"findings": FINDINGS})

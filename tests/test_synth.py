@@ -1,0 +1,190 @@
+"""The synthetic demo sites: real layouts and columns, determinism, label-to-sign ground truth, CLI errors."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from data_prep import reference
+from data_prep.synth import add_arguments, main
+from data_prep.synth.anatomy import cardiothoracic_ratio
+from data_prep.synth.plan import NIH_DRAIN_OTHER_RATE, NIH_DRAIN_RATE, nih_plan
+from data_prep.synth.render import seeded
+
+PER_SITE, SIZE = 24, 48
+
+
+def _args(out: Path, *extra: str) -> argparse.Namespace:
+    """Parse synth's own options as the CLI would."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--out", str(out), *extra])
+
+
+def _generate(out: Path, seed: int = 0, *extra: str) -> int:
+    """Run the synth command into out."""
+    return main(
+        _args(out, "--per-site", str(PER_SITE), "--size", str(SIZE), "--seed", str(seed), "--workers", "2", *extra)
+    )
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """One small generated tree shared by the module."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    assert _generate(root) == 0
+    return root
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_chexpert_layout_and_real_columns(tree: Path) -> None:
+    site = tree / "CheXpert-v1.0-small"
+    real_columns = list(reference.chexpert_table().columns)
+    for name in ("train.csv", "valid.csv"):
+        table = pd.read_csv(site / name)
+        assert list(table.columns) == real_columns
+        assert (
+            table["Path"]
+            .str.match(
+                rf"^CheXpert-v1\.0-small/{name[:-4]}/patient\d{{5}}/study\d+/"
+                r"view\d+_(frontal|lateral)\.jpg$"
+            )
+            .all()
+        )
+        for path in table["Path"]:
+            with Image.open(tree / path) as image:
+                assert image.format == "JPEG" and image.mode == "L" and image.width == SIZE
+    valid = pd.read_csv(site / "valid.csv")
+    assert set(np.unique(valid.iloc[:, 5:].to_numpy())) <= {0.0, 1.0}  # radiologist-certain, like the real one
+    train = pd.read_csv(site / "train.csv")
+    assert (train.iloc[:, 5:] == -1).any().any()  # real uncertain labels kept
+    patients = lambda t: set(t["Path"].str.extract(r"(patient\d+)")[0])  # noqa: E731
+    assert not patients(train) & patients(valid)
+
+
+def test_nih_layout_and_real_columns(tree: Path) -> None:
+    site = tree / "ChestX-ray14"
+    table = pd.read_csv(site / "Data_Entry_2017_v2020.csv")
+    assert list(table.columns) == list(reference.nih_table().columns)
+    assert table["Image Index"].str.match(r"^\d{8}_\d{3}\.png$").all()
+    on_disk = {p.name: p for p in site.glob("images_0[01][0-9]/images/*.png")}
+    assert set(on_disk) == set(table["Image Index"])
+    for path in on_disk.values():
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (SIZE, SIZE)
+    train = (site / "train_val_list.txt").read_text().split()
+    test = (site / "test_list.txt").read_text().split()
+    assert sorted(train + test) == sorted(table["Image Index"])
+    patient = lambda names: {n.split("_")[0] for n in names}  # noqa: E731
+    assert not patient(train) & patient(test)
+
+
+def test_hospital_layout_real_reports(tree: Path) -> None:
+    table = pd.read_csv(tree / "hospital" / "reports.csv")
+    assert list(table.columns) == ["Path", "PatientID", "StudyID", "View", "Sex", "Age", "Report"]
+    assert set(table["View"]) <= {"PA", "AP", "LL"} and set(table["Sex"]) <= {"M", "F"}
+    for path in table["Path"]:
+        with Image.open(tree / "hospital" / path) as image:
+            image.load()
+    real = reference.iu_reports()
+    real_texts = set(real["impression"]) | set(real["findings"])
+    first = table["Report"].iloc[0]
+    assert any(text and text in first for text in real_texts)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("data_prep.manifests") is None, reason="manifest readers not written yet")
+def test_manifest_readers_read_every_site(tree: Path) -> None:
+    from data_prep import manifests
+
+    for reader in (manifests.read_chexpert, manifests.read_nih, manifests.read_hospital):
+        manifest = reader(tree)
+        assert len(manifest) > 0
+        assert all((tree / p).is_file() for p in manifest["path"])
+
+
+def test_same_seed_identical_different_seed_differs(tree: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert _generate(again, 0, "--workers", "1") == 0  # worker count must not matter
+    assert _hashes(again) == _hashes(tree)
+    other = tmp_path / "other"
+    assert _generate(other, 1) == 0
+    first, second = _hashes(tree), _hashes(other)
+    shared = set(first) & set(second)
+    assert sum(first[k] != second[k] for k in shared) > 0.9 * len(shared) or set(first) != set(second)
+
+
+def test_cardiomegaly_exactly_when_ctr_above_half(tree: Path) -> None:
+    train = pd.read_csv(tree / "CheXpert-v1.0-small" / "train.csv")
+    images = pd.read_csv(tree / "_synth" / "chexpert_images.csv").set_index("path")
+    checked = 0
+    for _, row in train[train["Frontal/Lateral"] == "Frontal"].iterrows():
+        masks = np.asarray(Image.open(tree / images.loc[row["Path"], "mask"]))
+        ctr = cardiothoracic_ratio(masks[..., 1] & 4 > 0, masks[..., 1] & 2 > 0)
+        assert ctr == pytest.approx(images.loc[row["Path"], "ctr"], abs=1e-3)
+        if row["Cardiomegaly"] == 1:
+            assert ctr > 0.5, row["Path"]
+        elif row["Cardiomegaly"] != -1:
+            assert ctr < 0.5, row["Path"]
+        checked += 1
+    assert checked > 10
+
+
+def test_drain_rate_among_nih_pneumothorax() -> None:
+    ptx = [nih_plan(seeded(0, "nih", 1, i), {"Pneumothorax"}, "PA")[0] for i in range(400)]
+    other = [nih_plan(seeded(0, "nih", 1, i), {"Effusion"}, "PA")[0] for i in range(400)]
+    rate = np.mean([any(s.name == "drain" for s in signs) for signs in ptx])
+    other_rate = np.mean([any(s.name == "drain" for s in signs) for signs in other])
+    assert abs(rate - NIH_DRAIN_RATE) < 0.08 and abs(other_rate - NIH_DRAIN_OTHER_RATE) < 0.03
+
+
+def test_drain_rate_recorded_in_tree(tree: Path) -> None:
+    signs = pd.read_csv(tree / "_synth" / "nih_signs.csv")
+    images = pd.read_csv(tree / "_synth" / "nih_images.csv")
+    meta = json.loads((tree / "synth_meta.json").read_text())
+    assert meta["nih_drain_rate_pneumothorax"] == NIH_DRAIN_RATE
+    drained = set(signs.loc[signs["sign"] == "drain", "path"])
+    assert drained == set(images.loc[images["drain"], "path"])
+    masks = [np.asarray(Image.open(tree / m))[..., 0] for m in images.loc[images["drain"], "mask"]]
+    assert all((m == 14).any() for m in masks)  # a drain sign was drawn where one is recorded
+
+
+def test_complete_marker_and_meta(tree: Path) -> None:
+    assert (tree / ".complete").is_file()
+    meta = json.loads((tree / "synth_meta.json").read_text())
+    assert meta["seed"] == 0 and meta["size"] == SIZE and sum(meta["images"].values()) > 3 * PER_SITE * 0.9
+
+
+def test_refuses_overwrite_without_force(tree: Path, tmp_path: Path, capsys) -> None:
+    assert _generate(tree) == 2
+    assert "--force" in capsys.readouterr().err
+    foreign = tmp_path / "real"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("a real download")
+    assert _generate(foreign, 0, "--force") == 2
+    assert (foreign / "keep.txt").read_text() == "a real download"
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--per-site", "-5", "--per-site"), ("--size", "8", "--size"), ("--workers", "0", "--workers")],
+)
+def test_bad_arguments(tmp_path: Path, capsys, option: str, value: str, message: str) -> None:
+    assert main(_args(tmp_path / "x", option, value)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
