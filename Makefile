@@ -30,10 +30,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install the project (idempotent)
 
-_static/vendor/.complete:
-	@$(TIMED) vendor bash .ci/vendor-js _static/vendor
+_vendor/.complete:
+	@$(TIMED) vendor bash .ci/vendor-js _vendor
 
-vendor: _static/vendor/.complete  ## local copies of MathJax, require.js and the widget manager (offline site)
+vendor: _vendor/.complete  ## local copies of MathJax, require.js and the widget manager (offline site)
 
 $(CXR_DATA_ROOT)/.complete: | $(STAMP)
 	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT)
