@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from data_prep.synth.sample import CHEXPERT_FINDINGS, NIH_FINDINGS
+from cxrcore.findings import CHEXPERT_FINDINGS, NIH_FINDINGS
 
 MIN_POSITIVES = 8  # findings with fewer held-out positives are not scored
 

@@ -8,40 +8,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from cxrcore.findings import CHEXPERT_FINDINGS
 from data_prep import reference
 
-CHEXPERT_FINDINGS = [
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-]
-NIH_FINDINGS = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-]
 VALID_FRACTION = 0.1  # CheXpert-style valid.csv share of the site's images
 NIH_TEST_FRACTION = 0.2  # patient-wise, as the real test_list.txt (about 23 % of images)
 CHEXPERT_PATH = re.compile(r"^CheXpert-v1\.0-small/train/patient(\d+)/study(\d+)/(view\d+_(?:frontal|lateral)\.jpg)$")
