@@ -6,6 +6,9 @@ Transforms (``augment``):
 * ``True`` / ``"mild"``: resize to 256/224 of the size, random crop back to it, random rotation within +-7 degrees.
   No horizontal flip: a flip moves the heart to the right (it turns a normal film into dextrocardia) and swaps
   the side of every lateralized finding, so it is left out of the default.
+* ``"paper000"`` (Bajwa et al., Keras ImageDataGenerator): random horizontal flip, rotation within +-20 degrees,
+  horizontal and vertical shifts of up to 20 % of the side (the uncovered border is filled with black, Keras fills
+  with the nearest edge pixel: a documented difference).
 * ``"paper001"`` (Baltruschat et al.): Inception-style random resized crop (8-100 % of the area, aspect 3:4 to
   4:3), rotation within +-7 degrees and horizontal flip, exactly as reported there.
 * ``"paper002"`` (Wei and Jethani): resize to 364/320 of the size, random crop back to it, horizontal flip.
@@ -33,8 +36,8 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("mild", "paper001", "paper002")
-# decode size over crop size of the augmentations that resize first and crop after
+AUGMENTATIONS = ("mild", "paper000", "paper001", "paper002")
+# decode size over crop size of the augmentations that resize first and crop after (others decode at the size)
 _PRESIZE = {"mild": 256 / 224, "paper001": 256 / 224, "paper002": 364 / 320}
 _SEX_FEATURE = {"M": 1.0, "F": 0.0, "U": 0.5}
 
@@ -79,6 +82,11 @@ def load_gray(path: str | Path, size: int) -> np.ndarray:
 
 def _train_transform(augment: str, image_size: int) -> v2.Transform:
     """The random geometric transform of one augmentation preset, applied to the PIL image (fast on CPU)."""
+    if augment == "paper000":
+        return v2.Compose([
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=20, translate=(0.2, 0.2)),
+        ])
     if augment == "paper001":
         return v2.Compose([
             v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
@@ -158,7 +166,7 @@ class ManifestDataset(Dataset):
         self.targets = torch.from_numpy(targets)  # (N, K) float32, or int64 class indices for u-multiclass
         self.mask = torch.from_numpy(mask)  # (N, K) float32
         self.features = torch.from_numpy(_features(manifest))  # (N, 3)
-        self.decode_size = round(self.image_size * _PRESIZE[self.augment]) if self.augment else self.image_size
+        self.decode_size = round(self.image_size * _PRESIZE.get(self.augment, 1.0)) if self.augment else self.image_size
         self.random_transform = _train_transform(self.augment, self.image_size) if self.augment else None
         self.mean, self.std = self._normalization(normalization)
         self._mean = np.array(self.mean, dtype=np.float32)[:, None, None]  # (C, 1, 1)

@@ -165,3 +165,39 @@ def auroc_intervals(tables: Mapping[str, pd.DataFrame], ax: Axes | None = None, 
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return ax
+
+
+HISTORY_LABELS = {"loss": "training loss", "val_loss": "validation loss", "mean_auroc": "validation mean AUROC"}
+
+
+def learning_curves(histories: Mapping[str, pd.DataFrame], metric: str, ax: Axes | None = None, *,
+                    title: str | None = None, best_epochs: Mapping[str, int] | None = None) -> Axes:
+    """One line per named run of a history column (cxrcore.train's table) against the epoch; rings mark the
+    epoch each run kept (`best_epochs`)."""
+    ax = _axes(ax, (5, 3.5))
+    for name, history in histories.items():
+        (line,) = ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=name)
+        if best_epochs and name in best_epochs:
+            kept = history[history["epoch"] == best_epochs[name]]
+            ax.plot(kept["epoch"], kept[metric], "o", markersize=9, markerfacecolor="none", color=line.get_color())
+    ax.set_title(title or HISTORY_LABELS.get(metric, metric))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(HISTORY_LABELS.get(metric, metric))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def correlation_heatmap(matrix: pd.DataFrame, ax: Axes | None = None, *, title: str,
+                        colorbar_label: str = "Spearman rank correlation") -> Axes:
+    """Annotated heatmap of a symmetric (M, M) correlation table between models, lower triangle only."""
+    ax = _axes(ax, (0.7 * len(matrix) + 3, 0.6 * len(matrix) + 1.5))
+    upper = np.triu(np.ones(matrix.shape, dtype=bool), k=1)
+    sns.heatmap(matrix, ax=ax, mask=upper, cmap="viridis", vmin=0, vmax=1, annot=True, fmt=".2f", square=True,
+                annot_kws={"fontsize": 7}, cbar_kws={"label": colorbar_label})
+    ax.set_title(title)
+    ax.set_xlabel("model")
+    ax.set_ylabel("model")
+    ax.tick_params(labelsize=7)
+    return ax

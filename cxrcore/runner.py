@@ -116,7 +116,7 @@ def _file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-_NOT_IN_RUN_KEY = {"plots.py", "cam.py", "bench.py", "cli.py", "__main__.py"}
+_NOT_IN_RUN_KEY = {"plots.py", "cam.py", "bench.py", "cli.py", "__main__.py", "transfer.py"}  # configs say it all
 
 
 def code_hash() -> str:

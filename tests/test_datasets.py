@@ -118,7 +118,7 @@ def test_large_jpeg_uses_draft(tmp_path: Path) -> None:
     assert pixels.shape == (64, 64) and pixels[:, 32].mean() > pixels[:, 5].mean() + 0.3
 
 
-@pytest.mark.parametrize("augment", [True, "paper001", "paper002"])
+@pytest.mark.parametrize("augment", [True, "paper000", "paper001", "paper002"])
 def test_augmentation(manifest: pd.DataFrame, chexpert_tree: CheXpertTree, augment: bool | str) -> None:
     dataset = ManifestDataset(manifest, chexpert_tree.root, FOUR, image_size=32, augment=augment)
     draws = [dataset[0]["image"] for _ in range(5)]

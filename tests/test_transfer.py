@@ -1,0 +1,103 @@
+"""The transfer experiment's definitions: manifests from the real layouts, the arms' configs, and real runs that
+check what each arm trains (a frozen backbone stays exactly the source model's)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from layouts import write_chexpert, write_nih
+
+from cxrcore import transfer
+from cxrcore.models import imagenet_weights_file
+from cxrcore.runner import run
+from data_prep.manifests import load_manifest
+
+DENSENET = transfer.MODELS[0]
+VGG = next(model for model in transfer.MODELS if model.arch == "vgg16")
+
+
+@pytest.fixture(scope="module")
+def both_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One DATA_ROOT holding a CheXpert and a ChestX-ray14 tree (real rows, small real image files)."""
+    root = tmp_path_factory.mktemp("two_sites")
+    write_chexpert(root, n_train_patients=12)  # 70/10/20 of 12 patients leaves each split at least one
+    write_nih(root)
+    return root
+
+
+def test_target_manifest(both_sites: Path, tmp_path: Path) -> None:
+    path = transfer.target_manifest(both_sites, tmp_path)
+    table = load_manifest(path)
+    assert set(table["view"]) == {"frontal"} and set(table["site"]) == {"chexpert"}
+    assert set(table["split"]) <= {"train", "valid", "test"} and "train" in set(table["split"])
+    assert not table["path"].str.contains("/valid/").any()  # valid.csv is not part of the target site
+    assert (table.groupby("patient_id")["split"].nunique() == 1).all()
+    assert set(transfer.TARGET_FINDINGS) <= set(table.columns)
+
+
+def test_source_manifest_keeps_the_official_test_list(both_sites: Path, tmp_path: Path) -> None:
+    table = load_manifest(transfer.source_manifest(both_sites, tmp_path))
+    test_list = (both_sites / "ChestX-ray14" / "test_list.txt").read_text().split()
+    assert sorted(table.loc[table["split"] == "test", "path"].str.rsplit("/", n=1).str[-1]) == sorted(test_list)
+    assert set(transfer.SOURCE_FINDINGS) <= set(table.columns)
+
+
+def test_write_if_changed_rewrites_only_a_changed_table(both_sites: Path, tmp_path: Path) -> None:
+    path = transfer.target_manifest(both_sites, tmp_path)
+    before = os.stat(path).st_mtime_ns
+    os.utime(path, ns=(before - 10**9, before - 10**9))  # so that a rewrite would show in the mtime
+    assert transfer.target_manifest(both_sites, tmp_path) == path
+    assert os.stat(path).st_mtime_ns == before - 10**9
+    table = load_manifest(path)
+    transfer.write_if_changed(table.iloc[:-1], path)
+    assert len(load_manifest(path)) == len(table) - 1
+
+
+def test_arm_configs(both_sites: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    source = transfer.source_config(DENSENET, Path("source.csv"), both_sites, quick=True)
+    assert "weights" not in source and source["findings"] == transfer.SOURCE_FINDINGS  # random initialisation
+    assert source["max_train_images"] == transfer.QUICK_SOURCE_IMAGES and source["channels"] == 3
+    arms = {arm: transfer.arm_config(DENSENET, arm, Path("t.csv"), both_sites, True, source) for arm in transfer.ARMS}
+    assert arms["off-the-shelf"]["weights"] == {"run": source} and arms["off-the-shelf"]["freeze_backbone"]
+    assert arms["fine-tuned"]["weights"] == {"run": source} and not arms["fine-tuned"]["freeze_backbone"]
+    assert arms["from scratch"]["weights"] is None and arms["from scratch"]["channels"] == 1
+    full = transfer.arm_config(DENSENET, "fine-tuned", Path("t.csv"), both_sites, False, source)
+    assert full["max_train_images"] is None
+    with pytest.raises(ValueError, match="VGG-16.*not 'from scratch'"):
+        transfer.arm_config(VGG, "from scratch", Path("t.csv"), both_sites, True, source)
+
+
+def test_imagenet_weights_are_preferred_when_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert transfer.pretrained_weights(DENSENET, {"manifest": "x"}) == {"run": {"manifest": "x"}}
+    cached, _ = imagenet_weights_file("densenet121")
+    assert cached.is_relative_to(tmp_path)
+    cached.parent.mkdir(parents=True)
+    cached.touch()  # only the file's presence decides the source; loading it is tested in test_models
+    assert transfer.pretrained_weights(DENSENET, {"manifest": "x"}) == "imagenet"
+
+
+@pytest.mark.slow
+def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
+        both_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_PROFILE", "quick")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    model = transfer.MODELS[1]  # ResNet-50: BatchNorm statistics would move if the frozen backbone trained
+    source = transfer.source_config(model, transfer.source_manifest(both_sites, tmp_path), both_sites, True)
+    target = transfer.target_manifest(both_sites, tmp_path)
+    runs = tmp_path / "runs"
+    ots = run(transfer.arm_config(model, "off-the-shelf", target, both_sites, True, source), runs_dir=runs)
+    ft = run(transfer.arm_config(model, "fine-tuned", target, both_sites, True, source), runs_dir=runs)
+    upstream = run(source, runs_dir=runs)
+    assert upstream.cached  # the arms trained the source model first, through the run cache
+    source_state = torch.load(upstream.checkpoint, weights_only=True)["model"]
+    ots_state = torch.load(ots.checkpoint, weights_only=True)["model"]
+    ft_state = torch.load(ft.checkpoint, weights_only=True)["model"]
+    backbone = [key for key in source_state if key.startswith("backbone.")]
+    assert all(torch.equal(ots_state[key], source_state[key]) for key in backbone)
+    assert not all(torch.equal(ft_state[key], source_state[key]) for key in backbone)
+    assert ots_state["head.weight"].shape == (len(transfer.TARGET_FINDINGS), 2048)
+    assert set(ots.predictions["path"]) == set(ft.predictions["path"])
