@@ -108,6 +108,10 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
     needed = batch * (steps + WARMUP_STEPS)
     root = Path(data_root) if data_root is not None else settings().data_root
     stepper = _Stepper(arch, device, precision)
+    # model alone first: DataLoader workers that are still shutting down would otherwise compete for the CPU
+    images = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, 2, (batch, 1), device=device).float()
+    model_alone = _timed(stepper, itertools.repeat((images, target, torch.ones_like(target))), steps, batch)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         paths = find_images(root, needed)
         source = str(root)
@@ -121,9 +125,6 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
                              device=device, distributed=False)
         pipeline = _timed(stepper, ((b["image"], b["target"], b["mask"]) for b in loader), steps, batch)
         del loader  # stop the workers
-    images = torch.randn(batch, 3, size, size, device=device)
-    target = torch.randint(0, 2, (batch, 1), device=device).float()
-    model_alone = _timed(stepper, itertools.repeat((images, target, torch.ones_like(target))), steps, batch)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     return pd.DataFrame([{"device": name, "arch": arch, "size": size, "batch": batch, "precision": precision,

@@ -194,7 +194,7 @@ def correlation_heatmap(matrix: pd.DataFrame, ax: Axes | None = None, *, title: 
     """Annotated heatmap of a symmetric (M, M) correlation table between models, lower triangle only."""
     ax = _axes(ax, (0.7 * len(matrix) + 3, 0.6 * len(matrix) + 1.5))
     upper = np.triu(np.ones(matrix.shape, dtype=bool), k=1)
-    sns.heatmap(matrix, ax=ax, mask=upper, cmap="viridis", vmin=0, vmax=1, annot=True, fmt=".2f", square=True,
+    sns.heatmap(matrix, ax=ax, mask=upper, cmap="vlag", vmin=-1, vmax=1, annot=True, fmt=".2f", square=True,
                 annot_kws={"fontsize": 7}, cbar_kws={"label": colorbar_label})
     ax.set_title(title)
     ax.set_xlabel("model")

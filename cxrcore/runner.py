@@ -324,6 +324,24 @@ def run(config: dict | RunConfig, *, runs_dir: str | Path | None = None, force: 
     return result
 
 
+def _saved_preset(saved: dict) -> Preset:
+    """The resolved preset a finished run recorded in its config.json."""
+    return Preset(**{**saved, "betas": tuple(saved["betas"]), "chosen": tuple(saved["chosen"])})
+
+
+def predict_split(result: Result, split: str = "valid", *, device: str = "auto", num_workers: int = 0) -> pd.DataFrame:
+    """A finished run's model on its own validation (or test) images, without augmentation: the per-image table
+    of `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    config = RunConfig.from_dict(result.config["run"])
+    preset = _saved_preset(result.config["preset"])
+    _, valid, test = _datasets(config, preset, Path(result.config["data_root"]))
+    loader = make_loader(valid if split == "valid" else test, batch_size=preset.batch_size, num_workers=num_workers,
+                         seed=config.seed)
+    return predict(result.load_model(), loader, class_names=config.findings, device=device)
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -354,4 +372,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Result", "RunConfig", "add_arguments", "code_hash", "main", "run", "run_key"]
+__all__ = ["Result", "RunConfig", "add_arguments", "code_hash", "main", "predict_split", "run", "run_key"]

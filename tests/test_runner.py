@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cli import dispatch
-from cxrcore.runner import RunConfig, run, run_key
+from cxrcore.runner import RunConfig, predict_split, run, run_key
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion"]
 COMMANDS = {"train": ("cxrcore.runner", "train")}
@@ -73,6 +73,13 @@ def test_run_then_cache_hit(site, tmp_path, capsys):
     config_file.write_text(json.dumps(_config(root, manifest)))
     assert dispatch(COMMANDS, "cxrcore", "", ["train", str(config_file), "--runs-dir", str(runs), "--quiet"]) == 0
     assert f"run {first.key} (cached)" in capsys.readouterr().out
+
+    again = predict_split(second, "test")  # the saved model on the saved test split reproduces the run's predictions
+    pd.testing.assert_frame_equal(again[first.predictions.columns], first.predictions, check_exact=False, atol=1e-5)
+    valid = predict_split(second, "valid")
+    assert set(valid["patient_id"]) == {f"{p:05d}" for p in range(6, 9)} and len(valid) == 6
+    with pytest.raises(ValueError, match="'valid' or 'test'"):
+        predict_split(second, "train")
 
     downstream = _config(root, manifest, weights=f"run:{first.key}")
     assert run_key(downstream, runs_dir=runs) != first.key

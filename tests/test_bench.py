@@ -1,0 +1,18 @@
+"""The benchmark command: a real (tiny) measurement on the CPU, from generated PNG files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrcore.bench import bench
+
+
+def test_bench_measures_pipeline_and_model_on_cpu(tmp_path: Path) -> None:
+    table = bench("resnet18", size=32, batch=2, precision="fp32", steps=1, data_root=tmp_path, workers=0,
+                  device="cpu")
+    row = table.iloc[0]
+    assert row["device"].startswith("CPU") and row["arch"] == "resnet18" and row["size"] == 32
+    assert row["data"] == "6 generated 320 px PNGs"  # the empty folder holds no images: 2 x (1 + 2 warm-up) made
+    assert row["pipeline_img_s"] > 0 and row["model_img_s"] > 0
+    assert row["ratio"] == pytest.approx(row["pipeline_img_s"] / row["model_img_s"], rel=0.02)
