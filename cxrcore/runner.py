@@ -329,17 +329,23 @@ def _saved_preset(saved: dict) -> Preset:
     return Preset(**{**saved, "betas": tuple(saved["betas"]), "chosen": tuple(saved["chosen"])})
 
 
-def predict_split(result: Result, split: str = "valid", *, device: str = "auto", num_workers: int = 0) -> pd.DataFrame:
-    """A finished run's model on its own validation (or test) images, without augmentation: the per-image table
-    of `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
+def evaluation_dataset(result: Result, split: str = "valid"):
+    """A finished run's validation or test images as its model saw them: no augmentation, the run's normalization
+    (a `cxrcore.datasets.ManifestDataset`; items hold the normalized image, labels and ids)."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     config = RunConfig.from_dict(result.config["run"])
-    preset = _saved_preset(result.config["preset"])
-    _, valid, test = _datasets(config, preset, Path(result.config["data_root"]))
-    loader = make_loader(valid if split == "valid" else test, batch_size=preset.batch_size, num_workers=num_workers,
-                         seed=config.seed)
-    return predict(result.load_model(), loader, class_names=config.findings, device=device)
+    _, valid, test = _datasets(config, _saved_preset(result.config["preset"]), Path(result.config["data_root"]))
+    return valid if split == "valid" else test
+
+
+def predict_split(result: Result, split: str = "valid", *, device: str = "auto", num_workers: int = 0) -> pd.DataFrame:
+    """A finished run's model on its own validation (or test) images: the per-image table of
+    `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
+    dataset = evaluation_dataset(result, split)
+    loader = make_loader(dataset, batch_size=int(result.config["preset"]["batch_size"]), num_workers=num_workers,
+                         seed=int(result.config["run"]["seed"]))
+    return predict(result.load_model(), loader, class_names=dataset.findings, device=device)
 
 
 # ---------------------------------------------------------------- CLI
@@ -372,4 +378,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Result", "RunConfig", "add_arguments", "code_hash", "main", "predict_split", "run", "run_key"]
+__all__ = ["Result", "RunConfig", "add_arguments", "code_hash", "evaluation_dataset", "main", "predict_split", "run",
+           "run_key"]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cli import dispatch
-from cxrcore.runner import RunConfig, predict_split, run, run_key
+from cxrcore.runner import RunConfig, evaluation_dataset, predict_split, run, run_key
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion"]
 COMMANDS = {"train": ("cxrcore.runner", "train")}
@@ -80,6 +80,9 @@ def test_run_then_cache_hit(site, tmp_path, capsys):
     assert set(valid["patient_id"]) == {f"{p:05d}" for p in range(6, 9)} and len(valid) == 6
     with pytest.raises(ValueError, match="'valid' or 'test'"):
         predict_split(second, "train")
+    test_images = evaluation_dataset(second, "test")
+    assert list(test_images.manifest["path"]) == list(first.predictions["path"]) and test_images.augment is None
+    assert test_images.mean == first.metrics["normalization"]["mean"]
 
     downstream = _config(root, manifest, weights=f"run:{first.key}")
     assert run_key(downstream, runs_dir=runs) != first.key
