@@ -51,7 +51,7 @@ lint: venv  ## ruff over the code and the chapters
 	$(TIMED) ruff $(BIN)/ruff check .
 
 notebooks-test: venv data  ## execute every chapter with nbmake
-	$(TIMED) nbmake $(BIN)/pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider book
+	$(TIMED) nbmake $(BIN)/pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider --durations=0 book
 
 test: venv vendor data lint  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
 	$(TIMED) pytest $(BIN)/pytest
