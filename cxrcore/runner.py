@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from cxrcore.models import build_model, load_model, save_model
 from cxrcore.presets import Preset, get_preset, quick, with_overrides
 from cxrcore.settings import settings
 from cxrcore.train import fit, make_loader, predict
+
+if TYPE_CHECKING:
+    from cxrcore.datasets import ManifestDataset
 
 LOSS_WEIGHTING = ("none", "pos_weight", "paper002")
 ID_COLUMNS = {"path": str, "patient_id": str, "study_id": str}
@@ -329,7 +333,7 @@ def _saved_preset(saved: dict) -> Preset:
     return Preset(**{**saved, "betas": tuple(saved["betas"]), "chosen": tuple(saved["chosen"])})
 
 
-def evaluation_dataset(result: Result, split: str = "valid"):
+def evaluation_dataset(result: Result, split: str = "valid") -> ManifestDataset:
     """A finished run's validation or test images as its model saw them: no augmentation, the run's normalization
     (a `cxrcore.datasets.ManifestDataset`; items hold the normalized image, labels and ids)."""
     if split not in ("valid", "test"):

@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from cxrcore.findings import NIH_HARMONIZED
 from cxrcore.models import imagenet_weights_file
 
@@ -46,7 +44,7 @@ class Model:
 
 MODELS = (
     # papers 001/002: off-the-shelf vs fine-tuned vs from scratch, one recipe for every arm: paper 000's, which
-    # fine-tunes DenseNet-121 from one site to the next (paper 001's own lr, 1e-2 from scratch, diverges at quick sizes)
+    # fine-tunes DenseNet-121 from one site to the next (paper 001 also gave its scratch arm 10x the lr: left out)
     Model("DenseNet-121", "DenseNet-121", "densenet121", "linear", ARMS, "paper000", "paper000"),
     Model("ResNet-50", "ResNet-50", "resnet50", "linear", ARMS, "paper000", "paper000"),
     # paper 003: VGG-16 + GAP + dense(1024) + ReLU + sigmoid head, frozen base vs full training (lr 1e-4)
@@ -54,33 +52,24 @@ MODELS = (
 )
 
 
-def write_if_changed(table: pd.DataFrame, path: Path) -> Path:
-    """Write a derived manifest (validated, atomic) unless the file already holds exactly this table."""
-    from data_prep.manifests import write_manifest
-
-    if path.is_file() and path.read_text() == table.to_csv(index=False):
-        return path
-    return write_manifest(table, path, force=True)  # a file this module derives, rewritten only when it changed
-
-
 def source_manifest(data_root: Path, out_dir: Path) -> Path:
     """The ChestX-ray14 manifest (official test list, 10 % patient-wise validation) under out_dir."""
-    from data_prep.manifests import assign_splits, read_nih
+    from data_prep.manifests import assign_splits, read_nih, write_derived_manifest
 
     table = assign_splits(read_nih(data_root), "nih", SPLIT_SEED).reset_index(drop=True)
-    return write_if_changed(table, out_dir / "transfer_source_nih.csv")
+    return write_derived_manifest(table, out_dir / "transfer_source_nih.csv")
 
 
 def target_manifest(data_root: Path, out_dir: Path) -> Path:
     """CheXpert train.csv, frontal images, split patient-wise 70/10/20 (valid.csv is left out) under out_dir."""
-    from data_prep.manifests import read_chexpert
+    from data_prep.manifests import read_chexpert, write_derived_manifest
     from data_prep.splits import assert_patient_disjoint, split_patients
 
     table = read_chexpert(data_root)
     table = table[(table["split"] == "trainval") & (table["view"] == "frontal")].reset_index(drop=True)
     table["split"] = split_patients(table, TARGET_FRACTIONS, seed=SPLIT_SEED)
     assert_patient_disjoint(table)
-    return write_if_changed(table, out_dir / "transfer_target_chexpert.csv")
+    return write_derived_manifest(table, out_dir / "transfer_target_chexpert.csv")
 
 
 def source_config(model: Model, manifest: Path, data_root: Path, quick: bool) -> dict:

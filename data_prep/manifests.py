@@ -319,6 +319,15 @@ def write_manifest(df: pd.DataFrame, path: str | Path, force: bool = False) -> P
     return path
 
 
+def write_derived_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest that a chapter or experiment derives itself, unless the file already holds exactly this
+    table (so its modification time, and anything keyed on it, only changes when the content does)."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == df.to_csv(index=False):
+        return path
+    return write_manifest(df, path, force=True)
+
+
 def load_manifest(path: str | Path, splits: Sequence[str] = FINAL_SPLITS) -> pd.DataFrame:
     """Read and validate a manifest CSV (ids stay text: leading zeros are kept)."""
     path = Path(path)

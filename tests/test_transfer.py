@@ -12,7 +12,7 @@ from layouts import write_chexpert, write_nih
 from cxrcore import transfer
 from cxrcore.models import imagenet_weights_file
 from cxrcore.runner import run
-from data_prep.manifests import load_manifest
+from data_prep.manifests import load_manifest, write_derived_manifest
 
 DENSENET = transfer.MODELS[0]
 VGG = next(model for model in transfer.MODELS if model.arch == "vgg16")
@@ -44,14 +44,14 @@ def test_source_manifest_keeps_the_official_test_list(both_sites: Path, tmp_path
     assert set(transfer.SOURCE_FINDINGS) <= set(table.columns)
 
 
-def test_write_if_changed_rewrites_only_a_changed_table(both_sites: Path, tmp_path: Path) -> None:
+def test_derived_manifest_is_rewritten_only_when_it_changed(both_sites: Path, tmp_path: Path) -> None:
     path = transfer.target_manifest(both_sites, tmp_path)
     before = os.stat(path).st_mtime_ns
     os.utime(path, ns=(before - 10**9, before - 10**9))  # so that a rewrite would show in the mtime
     assert transfer.target_manifest(both_sites, tmp_path) == path
     assert os.stat(path).st_mtime_ns == before - 10**9
     table = load_manifest(path)
-    transfer.write_if_changed(table.iloc[:-1], path)
+    write_derived_manifest(table.iloc[:-1], path)
     assert len(load_manifest(path)) == len(table) - 1
 
 
