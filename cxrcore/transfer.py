@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrcore.findings import NIH_HARMONIZED
-from cxrcore.models import imagenet_weights_file
+from cxrcore.models import build_model, imagenet_weights_file
 
 TARGET_FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 SOURCE_FINDINGS = list(NIH_HARMONIZED)
@@ -89,6 +89,18 @@ def pretrained_weights(model: Model, source: dict) -> str | dict:
     return "imagenet" if imagenet_available(model.arch) else {"run": source}
 
 
+def input_channels(arm: str) -> int:
+    """Grey image as 3 channels for pretrained weights (as ImageNet networks take it), 1 channel from scratch."""
+    return 1 if arm == "from scratch" else 3
+
+
+def trainable_parameters(model: Model, num_classes: int, arm: str = "fine-tuned") -> int:
+    """Parameters the optimizer updates in one arm (a source model trains every layer, like "fine-tuned")."""
+    net = build_model(model.arch, num_classes, channels=input_channels(arm), head=model.head,
+                      freeze_backbone=arm == "off-the-shelf")
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
 def arm_config(model: Model, arm: str, manifest: Path, data_root: Path, quick: bool, source: dict) -> dict:
     """Run config of one arm on the CheXpert site."""
     if arm not in model.arms:
@@ -97,6 +109,7 @@ def arm_config(model: Model, arm: str, manifest: Path, data_root: Path, quick: b
               "arch": model.arch, "head": model.head, "policy": "u-ones", "seed": 0,
               "max_train_images": QUICK_TARGET_IMAGES if quick else None}
     if arm == "from scratch":
-        return {**config, "channels": 1, "weights": None, "preset": model.scratch_preset}
-    return {**config, "channels": 3, "weights": pretrained_weights(model, source), "preset": model.transfer_preset,
+        return {**config, "channels": input_channels(arm), "weights": None, "preset": model.scratch_preset}
+    return {**config, "channels": input_channels(arm), "weights": pretrained_weights(model, source),
+            "preset": model.transfer_preset,
             "freeze_backbone": arm == "off-the-shelf"}

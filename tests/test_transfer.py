@@ -64,6 +64,8 @@ def test_arm_configs(both_sites: Path, monkeypatch: pytest.MonkeyPatch, tmp_path
     assert arms["off-the-shelf"]["weights"] == {"run": source} and arms["off-the-shelf"]["freeze_backbone"]
     assert arms["fine-tuned"]["weights"] == {"run": source} and not arms["fine-tuned"]["freeze_backbone"]
     assert arms["from scratch"]["weights"] is None and arms["from scratch"]["channels"] == 1
+    assert transfer.trainable_parameters(DENSENET, 5, "off-the-shelf") == 1024 * 5 + 5  # the linear head only
+    assert transfer.trainable_parameters(DENSENET, 5, "fine-tuned") > 6_900_000
     full = transfer.arm_config(DENSENET, "fine-tuned", Path("t.csv"), both_sites, False, source)
     assert full["max_train_images"] is None
     with pytest.raises(ValueError, match="VGG-16.*not 'from scratch'"):
