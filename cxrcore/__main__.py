@@ -1,4 +1,4 @@
-"""`python -m cxrcore COMMAND ...`: train a configured experiment or benchmark the training pipeline."""
+"""`python -m cxrcore COMMAND ...`: train a configured run, run a chapter's experiment, or benchmark training."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +9,7 @@ from cxrcore.cli import dispatch
 COMMANDS = {
     "train": ("cxrcore.runner", "run one experiment from a JSON config, cached like the book's runs"),
     "bench": ("cxrcore.bench", "training images/s of the whole pipeline and of the model alone"),
+    "experiment": ("cxrcore.experiments.command", "run a chapter's experiment (or read its runs) and print its table"),
 }
 
 if __name__ == "__main__":

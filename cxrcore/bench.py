@@ -62,9 +62,9 @@ def bench_manifest(paths: list[Path]) -> pd.DataFrame:
 class _Stepper:
     """One training step (forward, masked BCE, backward, Adam) of a model on a device."""
 
-    def __init__(self, arch: str, device: torch.device, precision: str):
+    def __init__(self, arch: str, device: torch.device, precision: str, channels_last: bool):
         self.device = device
-        self.channels_last = device.type == "cuda"
+        self.channels_last = channels_last
         self.model = build_model(arch, 1, seed=0).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -101,13 +101,20 @@ def _timed(stepper: _Stepper, batches, steps: int, batch: int) -> float:
 
 
 def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision: str = "bf16", steps: int = 10,
-          data_root: str | Path | None = None, workers: int | None = None, device: str = "auto") -> pd.DataFrame:
-    """One-row table: device, settings, pipeline images/s, model-alone images/s and their ratio."""
+          data_root: str | Path | None = None, workers: int | None = None, device: str = "auto", *,
+          channels_last: bool = True, cache: bool = False) -> pd.DataFrame:
+    """One-row table: device, settings, pipeline images/s, model-alone images/s and their ratio.
+
+    cache: the pipeline reads images decoded once and kept in memory (as the runner does when they fit), read
+    through once before timing, with workers=0 (each DataLoader worker would keep a cache of its own)."""
     device = resolve_device(device)
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        workers = 0 if cache else min(8, os.cpu_count() or 1)
+    if cache and workers:
+        raise ValueError("cache=True measures the in-memory cache of the main process: use workers=0")
     needed = batch * (steps + WARMUP_STEPS)
     root = Path(data_root) if data_root is not None else settings().data_root
-    stepper = _Stepper(arch, device, precision)
+    stepper = _Stepper(arch, device, precision, channels_last)
     # model alone first: DataLoader workers that are still shutting down would otherwise compete for the CPU
     images = torch.randn(batch, 3, size, size, device=device)
     target = torch.randint(0, 2, (batch, 1), device=device).float()
@@ -120,7 +127,11 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
             paths = write_demo_images(root, needed)
         from cxrcore.datasets import ManifestDataset
 
-        dataset = ManifestDataset(bench_manifest(paths), root, ["Cardiomegaly"], image_size=size, augment="mild")
+        dataset = ManifestDataset(bench_manifest(paths), root, ["Cardiomegaly"], image_size=size, augment="mild",
+                                  cache=cache)
+        if cache:
+            for index in range(len(dataset)):
+                dataset[index]  # decode every image once: the timed steps read them from memory
         loader = make_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                              device=device, distributed=False)
         pipeline = _timed(stepper, ((b["image"], b["target"], b["mask"]) for b in loader), steps, batch)
@@ -128,7 +139,8 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     return pd.DataFrame([{"device": name, "arch": arch, "size": size, "batch": batch, "precision": precision,
-                          "workers": workers, "data": source, "pipeline_img_s": round(pipeline, 1),
+                          "channels_last": channels_last, "threads": torch.get_num_threads(), "workers": workers,
+                          "decode_cache": cache, "data": source, "pipeline_img_s": round(pipeline, 1),
                           "model_img_s": round(model_alone, 1), "ratio": round(pipeline / model_alone, 3)}])
 
 
@@ -144,12 +156,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with PNG/JPEG images (default $CXR_DATA_ROOT); generated if too few")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs))")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="activations' layout (default channels_last, as cxrcore.train uses)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--cache", action="store_true",
+                        help="pipeline reads images decoded once into memory (workers=0), as the runner does")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print its table."""
     device = resolve_device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    table = bench(args.arch, args.size, args.batch, precision, args.steps, args.data_root, args.workers, args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    table = bench(args.arch, args.size, args.batch, precision, args.steps, args.data_root, args.workers, args.device,
+                  channels_last=args.memory_format == "channels_last", cache=args.cache)
     print(table.T.to_string(header=False))
     return 0

@@ -137,6 +137,7 @@ class ManifestDataset(Dataset):
         augment: bool | str = False,
         normalization: str | tuple[Sequence[float], Sequence[float]] = "imagenet",
         on_error: str = "raise",
+        cache: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -168,6 +169,9 @@ class ManifestDataset(Dataset):
         self.features = torch.from_numpy(_features(manifest))  # (N, 3)
         self.decode_size = round(self.image_size * _PRESIZE.get(self.augment, 1.0)) if self.augment else self.image_size
         self.random_transform = _train_transform(self.augment, self.image_size) if self.augment else None
+        # decoded images at decode_size, kept after their first read: each file is decoded once per run, not once
+        # per epoch ('L' files as uint8, 16-bit files as float32; a process-local dict, one per DataLoader worker)
+        self._decoded: dict[int, np.ndarray] | None = {} if cache else None
         self.mean, self.std = self._normalization(normalization)
         self._mean = np.array(self.mean, dtype=np.float32)[:, None, None]  # (C, 1, 1)
         self._std = np.array(self.std, dtype=np.float32)[:, None, None]
@@ -197,23 +201,29 @@ class ManifestDataset(Dataset):
         """The decoded (image_size, image_size) float32 image in [0, 1], before augmentation and normalization."""
         return load_gray(self.data_root / self._paths[index], self.image_size)
 
+    def _decoded_image(self, index: int) -> Image.Image:
+        """The image at decode_size, from the in-memory cache when there is one."""
+        if self._decoded is None:
+            return load_gray_image(self.data_root / self._paths[index], self.decode_size)
+        array = self._decoded.get(index)
+        if array is None:
+            array = np.asarray(load_gray_image(self.data_root / self._paths[index], self.decode_size))
+            self._decoded[index] = array
+        return Image.fromarray(array)
+
     def __getitem__(self, index: int) -> dict:
-        path = self._paths[index]
-        image = load_gray_image(self.data_root / path, self.decode_size)
+        image = self._decoded_image(index)
         if self.random_transform is not None:
             image = self.random_transform(image)
         pixels = _to_array(image)[None]  # (1, H, W)
         # numpy, not torch: small elementwise ops in torch's thread pool cost far more than they compute
         normalized = (pixels - self._mean) / self._std  # (C, H, W), broadcast over channels
-        return {
-            "image": torch.from_numpy(normalized),
-            "target": self.targets[index],
-            "mask": self.mask[index],
-            "features": self.features[index],
-            "patient_id": self._patients[index],
-            "study_id": self._studies[index],
-            "path": path,
-        }
+        return {"image": torch.from_numpy(normalized), **self.labels(index)}
+
+    def labels(self, index: int) -> dict:
+        """An item without its image: target, mask, non-image features and ids."""
+        return {"target": self.targets[index], "mask": self.mask[index], "features": self.features[index],
+                "patient_id": self._patients[index], "study_id": self._studies[index], "path": self._paths[index]}
 
 
 def compute_normalization(dataset: ManifestDataset, n: int = 256, seed: int = 0) -> tuple[list, list]:

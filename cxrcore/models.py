@@ -83,7 +83,14 @@ class CXRNet(nn.Module):
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, K), or (B, K, 3) for the multiclass3 head; `features` (B, meta_features) for -meta models."""
-        pooled = torch.flatten(self.pool(self.backbone(x)), 1)  # (B, C)
+        return self.classify(self.pooled(x), features)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled backbone features (B, C) of images (B, channels, H, W)."""
+        return torch.flatten(self.pool(self.backbone(x)), 1)
+
+    def classify(self, pooled: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's logits from pooled features (B, C) and, for -meta models, non-image features (B, M)."""
         if self.meta_features:
             if features is None:
                 raise ValueError(f"this model fuses {self.meta_features} non-image features: call model(x, features)")

@@ -201,3 +201,29 @@ def correlation_heatmap(matrix: pd.DataFrame, ax: Axes | None = None, *, title: 
     ax.set_ylabel("model")
     ax.tick_params(labelsize=7)
     return ax
+
+
+def size_sweep(table: pd.DataFrame, axes: Sequence[Axes], *, title: str = "Training-set size") -> Sequence[Axes]:
+    """Two panels from a transfer-sizes table: each arm's mean test AUROC with its interval against the training
+    images, and the pretrained-minus-scratch difference with its paired interval (zero line = no difference)."""
+    left, right = axes
+    for arm, rows in table.groupby("arm", sort=False):
+        rows = rows.sort_values("train_images")
+        errors = [rows["mean_auroc"] - rows["ci_low"], rows["ci_high"] - rows["mean_auroc"]]
+        left.errorbar(rows["train_images"], rows["mean_auroc"], yerr=errors, marker="o", capsize=3, label=arm)
+    diff = table.dropna(subset=["difference"]).sort_values("train_images")
+    errors = [diff["difference"] - diff["difference_low"], diff["difference_high"] - diff["difference"]]
+    right.errorbar(diff["train_images"], diff["difference"], yerr=errors, marker="o", capsize=3, color="#2e4053")
+    right.axhline(0, color="grey", linewidth=0.8)
+    for ax, ylabel, panel in ((left, "mean test AUROC (95% CI)", "each arm"),
+                              (right, "pretrained minus scratch (paired 95% CI)", "the difference")):
+        sizes = sorted(table["train_images"].unique())
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training images")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {panel}")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    return axes

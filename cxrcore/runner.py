@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 import cxrcore
+from cxrcore.features import HeadOnly, feature_loaders
 from cxrcore.metrics import auroc_per_class, score_column
 from cxrcore.models import build_model, load_model, save_model
 from cxrcore.presets import Preset, get_preset, quick, with_overrides
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 LOSS_WEIGHTING = ("none", "pos_weight", "paper002")
 ID_COLUMNS = {"path": str, "patient_id": str, "study_id": str}
+CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory (decoded once per run) when they take less than this
 
 
 @dataclass
@@ -52,6 +54,7 @@ class RunConfig:
     head: str = "linear"  # linear | paper003 | multiclass3
     weights: str | dict | None = None  # None | "imagenet" | checkpoint path | "run:<key>" | {"run": {config}}
     freeze_backbone: bool = False
+    feature_cache: bool = False  # frozen backbone: train the head on features computed once (images not augmented)
     preset: str = "paper000"
     overrides: dict = field(default_factory=dict)  # preset fields replaced (lr, epochs, image_size, ...)
     profile: str | None = None  # quick | full; default $CXR_PROFILE. quick applies presets.quick()
@@ -81,6 +84,9 @@ class RunConfig:
         if missing:
             raise ValueError(f"run config lacks required key(s) {missing}")
         run_config = cls(**config)
+        if run_config.feature_cache and not run_config.freeze_backbone:
+            raise ValueError("feature_cache=True needs freeze_backbone=True: only a frozen backbone's features are "
+                             "the same every epoch")
         if run_config.loss_weighting not in LOSS_WEIGHTING:
             raise ValueError(f"loss_weighting={run_config.loss_weighting!r}: expected one of {LOSS_WEIGHTING}")
         return run_config
@@ -131,6 +137,11 @@ def code_hash() -> str:
             continue
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def resolved_preset(config: dict | RunConfig) -> Preset:
+    """The preset a run config trains with: its profile's version of the named preset, with the overrides."""
+    return _resolve_preset(RunConfig.from_dict(config))
 
 
 def _resolve_preset(config: RunConfig) -> Preset:
@@ -210,6 +221,11 @@ def _split_rows(manifest: pd.DataFrame, split: str, views: list[str] | None, lim
     return rows
 
 
+def _fits_in_memory(images: int, image_size: int) -> bool:
+    """Whether a run's decoded images (uint8, with room for an augmentation's larger decode) fit CACHE_BYTES."""
+    return images * (1.5 * image_size) ** 2 <= CACHE_BYTES
+
+
 def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
     from cxrcore.datasets import AUGMENTATIONS, ManifestDataset
     from data_prep.manifests import load_manifest
@@ -229,9 +245,11 @@ def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
                             config.test_manifest or config.manifest),
     }
     common = {"data_root": data_root, "findings": config.findings, "policy": config.policy,
-              "image_size": preset.image_size, "channels": config.channels}
+              "image_size": preset.image_size, "channels": config.channels,
+              "cache": _fits_in_memory(sum(map(len, tables.values())), preset.image_size)}
     normalization = config.normalization if isinstance(config.normalization, str) else tuple(config.normalization)
-    train = ManifestDataset(tables["train"], augment=preset.augment, normalization=normalization, **common)
+    augment = False if config.feature_cache else preset.augment  # cached features are of the images as they are
+    train = ManifestDataset(tables["train"], augment=augment, normalization=normalization, **common)
     fixed = (train.mean, train.std)  # "dataset" statistics come from the training images only
     valid = ManifestDataset(tables["valid"], augment=False, normalization=fixed, **common)
     test = ManifestDataset(tables["test"], augment=False, normalization=fixed, **common)
@@ -280,8 +298,11 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
     loader = {"batch_size": preset.batch_size, "num_workers": config.num_workers, "seed": config.seed}
     cfg = preset.train_config(seed=config.seed, loss="multiclass3" if config.head == "multiclass3" else "bce",
                               checkpoint_dir=str(work / "checkpoints"), progress=progress)
-    history = fit(model, make_loader(train, shuffle=True, **loader), make_loader(valid, **loader), cfg=cfg,
-                  class_names=config.findings, **_loss_weights(config, train))
+    if config.feature_cache:
+        trained, loaders = HeadOnly(model), feature_loaders(model, train, valid, device=cfg.device, **loader)
+    else:
+        trained, loaders = model, (make_loader(train, shuffle=True, **loader), make_loader(valid, **loader))
+    history = fit(trained, *loaders, cfg=cfg, class_names=config.findings, **_loss_weights(config, train))
     predictions = predict(model, make_loader(test, **loader), class_names=config.findings, device=cfg.device)
     labels = predictions[config.findings]  # NaN where a label does not count (uncertain under u-multiclass)
     scores = predictions[[score_column(f) for f in config.findings]].to_numpy()
@@ -376,11 +397,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"run {result.key} ({state}): {result.run_dir}")
     print(result.history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for name, value in result.metrics["test_auroc"].items():
-        print(f"test AUROC {name}: {value:.3f}")
+        print(f"test AUROC {name}: {value:.3f}" if value is not None else f"test AUROC {name}: undefined")
     mean = result.metrics["test_mean_auroc"]
     print(f"test mean AUROC: {mean:.3f}" if mean is not None else "test mean AUROC: undefined")
     return 0
 
 
-__all__ = ["Result", "RunConfig", "add_arguments", "code_hash", "evaluation_dataset", "main", "predict_split", "run",
-           "run_key"]
+__all__ = ["Result", "RunConfig", "add_arguments", "code_hash", "evaluation_dataset", "main", "predict_split",
+           "resolved_preset", "run", "run_key"]

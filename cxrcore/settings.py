@@ -22,11 +22,19 @@ class Settings:
         return self.profile == "quick"
 
 
-def settings(default_data_root: str = "data/demo", default_runs_dir: str = "runs") -> Settings:
-    """Settings from the environment; relative defaults are resolved against the current directory."""
-    profile = os.environ.get("CXR_PROFILE", "quick").strip().lower()
+def make_settings(profile: str, data_root: str | Path, runs_dir: str | Path) -> Settings:
+    """Settings from explicit values (a chapter's parameters cell); relative paths resolve against the cwd."""
+    profile = profile.strip().lower()
     if profile not in PROFILES:
-        raise ValueError(f"CXR_PROFILE={profile!r}: expected one of {PROFILES}")
-    data_root = Path(os.environ.get("CXR_DATA_ROOT") or default_data_root).expanduser().resolve()
-    runs_dir = Path(os.environ.get("CXR_RUNS_DIR") or default_runs_dir).expanduser().resolve()
-    return Settings(profile=profile, data_root=data_root, runs_dir=runs_dir)
+        raise ValueError(f"profile {profile!r}: expected one of {PROFILES}")
+    return Settings(profile=profile, data_root=Path(data_root).expanduser().resolve(),
+                    runs_dir=Path(runs_dir).expanduser().resolve())
+
+
+def settings(default_data_root: str = "data/demo", default_runs_dir: str = "runs") -> Settings:
+    """Settings from the environment (entry points only); relative defaults resolve against the cwd."""
+    try:
+        return make_settings(os.environ.get("CXR_PROFILE", "quick"), os.environ.get("CXR_DATA_ROOT") or
+                             default_data_root, os.environ.get("CXR_RUNS_DIR") or default_runs_dir)
+    except ValueError as err:
+        raise ValueError(f"CXR_PROFILE: {err}") from err

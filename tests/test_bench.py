@@ -16,3 +16,13 @@ def test_bench_measures_pipeline_and_model_on_cpu(tmp_path: Path) -> None:
     assert row["data"] == "6 generated 320 px PNGs"  # the empty folder holds no images: 2 x (1 + 2 warm-up) made
     assert row["pipeline_img_s"] > 0 and row["model_img_s"] > 0
     assert row["ratio"] == pytest.approx(row["pipeline_img_s"] / row["model_img_s"], rel=0.02)
+
+
+def test_bench_with_the_decode_cache_and_contiguous_layout(tmp_path: Path) -> None:
+    table = bench("resnet18", size=32, batch=2, precision="fp32", steps=1, data_root=tmp_path, device="cpu",
+                  channels_last=False, cache=True)
+    row = table.iloc[0]
+    assert row["decode_cache"] and not row["channels_last"] and row["workers"] == 0
+    assert row["pipeline_img_s"] > 0
+    with pytest.raises(ValueError, match="workers=0"):
+        bench("resnet18", size=32, batch=2, steps=1, data_root=tmp_path, device="cpu", cache=True, workers=2)

@@ -209,3 +209,22 @@ def test_summarize_gives_the_chapter_table(scored):
     assert table.loc["Edema", "AUROC (95% CI)"].startswith(f"{table.loc['Edema', 'auroc']:.3f} (")
     per_patient = metrics.summarize(frame, names, level="patient", n_boot=50)
     assert per_patient.loc["Edema", "n_pos"] + per_patient.loc["Edema", "n_neg"] <= 60
+
+
+def test_bootstrap_mean_difference_is_paired():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 2, size=(n, 2))
+    groups = np.repeat(np.arange(n // 2), 2)
+    shared = rng.normal(size=(n, 2))  # what both models get wrong alike
+    score_a = labels + shared + 0.3 * rng.normal(size=(n, 2))
+    score_b = labels + shared + 0.6 * rng.normal(size=(n, 2))
+    result = metrics.bootstrap_mean_difference(labels, score_a, score_b, groups, n_boot=300, seed=0)
+    expected = np.mean([metrics.roc_auc_score(labels[:, k], score_a[:, k])
+                        - metrics.roc_auc_score(labels[:, k], score_b[:, k]) for k in range(2)])
+    assert result["difference"] == pytest.approx(expected)
+    assert result["low"] < result["difference"] < result["high"] and result["n_boot"] == 300
+    own = metrics.bootstrap_auroc_ci(labels, score_a, groups, n_boot=300, include_mean=True).loc["Mean"]
+    assert result["high"] - result["low"] < own["high"] - own["low"]  # pairing cancels the shared noise
+    same = metrics.bootstrap_mean_difference(labels, score_a, score_a, groups, n_boot=50)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cli import dispatch
+from cxrcore.models import build_model
 from cxrcore.runner import RunConfig, evaluation_dataset, predict_split, run, run_key
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion"]
@@ -117,3 +118,30 @@ def test_bad_configs_fail_clearly(site, tmp_path):
         run_key(_config(root, manifest, weights="run:0123abcd"), runs_dir=tmp_path)
     with pytest.raises(ValueError, match="lacks required"):
         RunConfig.from_dict({"findings": FINDINGS})
+
+
+def test_feature_cache_trains_the_same_head_as_the_images(site, tmp_path):
+    """A frozen backbone's head trained on features computed once equals the head trained through the images
+    (no augmentation in either), to float tolerance: the same batches, the same Adam steps."""
+    root, manifest = site
+    common = {"freeze_backbone": True, "overrides": {"image_size": 32, "epochs": 3, "batch_size": 4,
+                                                     "augment": False, "scheduler": "onecycle"}}
+    through_images = run(_config(root, manifest, **common), runs_dir=tmp_path / "a")
+    from_features = run(_config(root, manifest, feature_cache=True, **common), runs_dir=tmp_path / "b")
+    heads = [{k: v for k, v in r.load_model().state_dict().items() if k.startswith("head.")}
+             for r in (through_images, from_features)]
+    assert heads[0].keys() == heads[1].keys()
+    initial = build_model("resnet18", len(FINDINGS), channels=1, seed=0).state_dict()["head.weight"]
+    assert not torch.allclose(heads[0]["head.weight"], initial)  # the head did train
+    for name in heads[0]:
+        torch.testing.assert_close(heads[1][name], heads[0][name], atol=1e-5, rtol=1e-4)
+    backbone = [v for k, v in from_features.load_model().state_dict().items() if k.startswith("backbone.")]
+    reference = [v for k, v in through_images.load_model().state_dict().items() if k.startswith("backbone.")]
+    assert all(torch.equal(a, b) for a, b in zip(backbone, reference, strict=True))
+    np.testing.assert_allclose(from_features.history["val_loss"], through_images.history["val_loss"], rtol=1e-5)
+
+
+def test_feature_cache_needs_a_frozen_backbone(site):
+    root, manifest = site
+    with pytest.raises(ValueError, match="feature_cache=True needs freeze_backbone=True"):
+        RunConfig.from_dict(_config(root, manifest, feature_cache=True))

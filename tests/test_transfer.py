@@ -9,13 +9,13 @@ import pytest
 import torch
 from layouts import write_chexpert, write_nih
 
-from cxrcore import transfer
+from cxrcore.experiments import source_models, transfer
 from cxrcore.models import imagenet_weights_file
 from cxrcore.runner import run
 from data_prep.manifests import load_manifest, write_derived_manifest
 
-DENSENET = transfer.MODELS[0]
-VGG = next(model for model in transfer.MODELS if model.arch == "vgg16")
+DENSENET = transfer.ARCHITECTURES[0]
+VGG = next(a for a in transfer.ARCHITECTURES if a.arch == "vgg16")
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,10 @@ def test_target_manifest(both_sites: Path, tmp_path: Path) -> None:
 
 
 def test_source_manifest_keeps_the_official_test_list(both_sites: Path, tmp_path: Path) -> None:
-    table = load_manifest(transfer.source_manifest(both_sites, tmp_path))
+    table = load_manifest(source_models.source_manifest(both_sites, tmp_path))
     test_list = (both_sites / "ChestX-ray14" / "test_list.txt").read_text().split()
     assert sorted(table.loc[table["split"] == "test", "path"].str.rsplit("/", n=1).str[-1]) == sorted(test_list)
-    assert set(transfer.SOURCE_FINDINGS) <= set(table.columns)
+    assert set(source_models.SOURCE_FINDINGS) <= set(table.columns)
 
 
 def test_derived_manifest_is_rewritten_only_when_it_changed(both_sites: Path, tmp_path: Path) -> None:
@@ -57,19 +57,23 @@ def test_derived_manifest_is_rewritten_only_when_it_changed(both_sites: Path, tm
 
 def test_arm_configs(both_sites: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    source = transfer.source_config(DENSENET, Path("source.csv"), both_sites, quick=True)
-    assert "weights" not in source and source["findings"] == transfer.SOURCE_FINDINGS  # random initialisation
-    assert source["max_train_images"] == transfer.QUICK_SOURCE_IMAGES and source["channels"] == 3
-    arms = {arm: transfer.arm_config(DENSENET, arm, Path("t.csv"), both_sites, True, source) for arm in transfer.ARMS}
+    source = source_models.source_config(DENSENET, Path("source.csv"), both_sites, "quick")
+    assert "weights" not in source and source["findings"] == source_models.SOURCE_FINDINGS  # random initialisation
+    assert source["max_train_images"] == source_models.QUICK_SOURCE_IMAGES and source["channels"] == 3
+    arms = {arm: transfer.arm_config(DENSENET, arm, Path("t.csv"), both_sites, "quick", source, 400)
+            for arm in transfer.ARMS}
     assert arms["off-the-shelf"]["weights"] == {"run": source} and arms["off-the-shelf"]["freeze_backbone"]
+    assert arms["off-the-shelf"]["feature_cache"]  # a frozen backbone's features are computed once
     assert arms["fine-tuned"]["weights"] == {"run": source} and not arms["fine-tuned"]["freeze_backbone"]
+    assert {arm["max_train_images"] for arm in arms.values()} == {400} and source["profile"] == "quick"
     assert arms["from scratch"]["weights"] is None and arms["from scratch"]["channels"] == 1
     assert transfer.trainable_parameters(DENSENET, 5, "off-the-shelf") == 1024 * 5 + 5  # the linear head only
     assert transfer.trainable_parameters(DENSENET, 5, "fine-tuned") > 6_900_000
-    full = transfer.arm_config(DENSENET, "fine-tuned", Path("t.csv"), both_sites, False, source)
-    assert full["max_train_images"] is None
+    assert transfer.train_images(DENSENET, "quick") == transfer.QUICK_TARGET_IMAGES
+    assert transfer.train_images(VGG, "quick") < transfer.QUICK_TARGET_IMAGES
+    assert transfer.train_images(VGG, "full") is None
     with pytest.raises(ValueError, match="VGG-16.*not 'from scratch'"):
-        transfer.arm_config(VGG, "from scratch", Path("t.csv"), both_sites, True, source)
+        transfer.arm_config(VGG, "from scratch", Path("t.csv"), both_sites, "quick", source, None)
 
 
 def test_imagenet_weights_are_preferred_when_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -87,12 +91,13 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
         both_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_PROFILE", "quick")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    model = transfer.MODELS[1]  # ResNet-50: BatchNorm statistics would move if the frozen backbone trained
-    source = transfer.source_config(model, transfer.source_manifest(both_sites, tmp_path), both_sites, True)
+    model = transfer.ARCHITECTURES[1]  # ResNet-50: BatchNorm statistics would move if the frozen backbone trained
+    source = source_models.source_config(model, source_models.source_manifest(both_sites, tmp_path), both_sites,
+                                         "quick")
     target = transfer.target_manifest(both_sites, tmp_path)
     runs = tmp_path / "runs"
-    ots = run(transfer.arm_config(model, "off-the-shelf", target, both_sites, True, source), runs_dir=runs)
-    ft = run(transfer.arm_config(model, "fine-tuned", target, both_sites, True, source), runs_dir=runs)
+    ots = run(transfer.arm_config(model, "off-the-shelf", target, both_sites, "quick", source, 400), runs_dir=runs)
+    ft = run(transfer.arm_config(model, "fine-tuned", target, both_sites, "quick", source, 400), runs_dir=runs)
     upstream = run(source, runs_dir=runs)
     assert upstream.cached  # the arms trained the source model first, through the run cache
     source_state = torch.load(upstream.checkpoint, weights_only=True)["model"]

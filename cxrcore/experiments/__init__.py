@@ -1,0 +1,33 @@
+"""The book's experiments, one module per chapter experiment, each runnable as `python -m cxrcore experiment NAME`.
+
+Layers (each imports only the layers below it):
+
+* the chapters (book/): read the tables and runs these modules define;
+* `cxrcore.experiments`: configs, runs and results tables of each experiment; the one place that joins the engine
+  and `data_prep` (manifests are built from the real layouts here);
+* `data_prep`: layout readers, statistics, labelers, the synthetic sites;
+* the `cxrcore` engine: datasets, models, train, metrics, cam, runner; it never imports `data_prep`.
+
+An experiment module defines `stages(settings)` (lists of run configs; a stage's runs are independent, so they may
+train in parallel, and a later stage may start from an earlier stage's runs) and `results(settings)` (its table, one
+row per model and arm). A chapter and the command call the same two functions, so they read the same cached runs.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# experiment name -> module (each defines stages(settings) and results(settings))
+EXPERIMENTS = {  # in the order `experiment all` starts them: the longest runs first
+    "source-models": "cxrcore.experiments.source_models",
+    "transfer": "cxrcore.experiments.transfer",
+    "transfer-sizes": "cxrcore.experiments.transfer_sizes",
+    "leakage": "cxrcore.experiments.leakage",
+}
+
+
+def experiment(name: str) -> ModuleType:
+    """The module of a named experiment (ValueError lists the names)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name])

@@ -1,0 +1,44 @@
+"""`python -m cxrcore experiment NAME [--format table|csv] [--jobs N]`: run a chapter's experiment (or read it
+from the run cache) and print its results table; `NAME` may be `all` (every experiment, trained only)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from cxrcore.experiments import EXPERIMENTS, experiment
+from cxrcore.experiments.training import train_stages
+from cxrcore.settings import settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m cxrcore experiment`."""
+    parser.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment (all: train every one)")
+    parser.add_argument("--format", choices=("table", "csv"), default="table", help="how to print the results")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, each in its own process with cores/jobs threads (default 1)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train what is missing from the run cache, then print the results table (settings from the environment)."""
+    context = settings()
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    start = time.perf_counter()
+    print(f"==> experiment {', '.join(names)} ({context.profile} profile, runs in {context.runs_dir})",
+          file=sys.stderr, flush=True)
+    # stage k of every experiment together: runs that several experiments share are trained once, and a stage
+    # holds enough runs to keep every job busy
+    stages = [experiment(name).stages(context) for name in names]
+    merged = [[config for parts in stages if k < len(parts) for config in parts[k]]
+              for k in range(max(map(len, stages)))]
+    train_stages(merged, context.runs_dir, jobs=args.jobs)
+    print(f"==> experiment {', '.join(names)}: trained in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+          flush=True)
+    if args.name == "all":
+        return 0
+    table = experiment(args.name).results(context)
+    if args.format == "csv":
+        print(table.to_csv(index=False, float_format="%.4f"), end="")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0

@@ -1,0 +1,112 @@
+"""Experiment "transfer": off-the-shelf, fine-tuned and from-scratch arms on the CheXpert site.
+
+* target: the CheXpert layout's frontal training images split patient-wise 70/10/20 (paper 001's resampling
+  proportions), the five CheXpert competition findings under U-Ones (papers 001 and 003 use U-Ones).
+* arms: off-the-shelf (pretrained backbone frozen, only the head trained, on backbone features computed once:
+  `cxrcore.features`), fine-tuned (all layers trained from the pretrained weights), from scratch (random
+  initialisation, one input channel, paper 001's "1channel").
+* pretrained weights: ImageNet when its weights are in the local torch cache, else the architecture's source model
+  (`cxrcore.experiments.source_models`), trained on demand through the run cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from cxrcore.experiments import source_models
+from cxrcore.experiments.source_models import ARCHITECTURES, ARMS, Architecture, trainable_parameters
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.models import imagenet_weights_file
+from cxrcore.runner import Result, run
+from cxrcore.settings import Settings
+from data_prep.manifests import read_chexpert, write_derived_manifest
+from data_prep.splits import assert_patient_disjoint, split_patients
+
+NAME = "transfer"
+TARGET_FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+TARGET_FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}
+ARM_ABBREVIATIONS = {"off-the-shelf": "OTS", "fine-tuned": "FT", "from scratch": "scratch"}  # paper 001's
+QUICK_TARGET_IMAGES = 600  # training images of an arm in the quick profile (whole patients)
+QUICK_TARGET_EPOCHS = 8  # every arm's epochs in the quick profile (the source models train 10: the book's budget)
+SPLIT_SEED = 0
+
+__all__ = ["ARCHITECTURES", "ARMS", "Architecture", "arm_config", "configs", "label", "results", "stages",
+           "target_manifest", "trainable_parameters"]
+
+
+def target_manifest(data_root: Path, out_dir: Path) -> Path:
+    """CheXpert train.csv, frontal images, split patient-wise 70/10/20 (valid.csv is left out) under out_dir."""
+    table = read_chexpert(data_root)
+    table = table[(table["split"] == "trainval") & (table["view"] == "frontal")].reset_index(drop=True)
+    table["split"] = split_patients(table, TARGET_FRACTIONS, seed=SPLIT_SEED)
+    assert_patient_disjoint(table)
+    return write_derived_manifest(table, out_dir / "transfer_target_chexpert.csv")
+
+
+def imagenet_available(arch: str) -> bool:
+    """True when torchvision's ImageNet weights for arch lie in the local torch hub cache."""
+    return imagenet_weights_file(arch)[0].is_file()
+
+
+def pretrained_weights(architecture: Architecture, source: dict) -> str | dict:
+    """"imagenet" when its weights are cached locally, else the source run (trained on demand by the runner)."""
+    return "imagenet" if imagenet_available(architecture.arch) else {"run": source}
+
+
+def input_channels(arm: str) -> int:
+    """Grey image as 3 channels for pretrained weights (as ImageNet networks take it), 1 channel from scratch."""
+    return 1 if arm == "from scratch" else 3
+
+
+def train_images(architecture: Architecture, profile: str) -> int | None:
+    """Training images of an arm: a few hundred whole patients in the quick profile, all (None) in the full one."""
+    return architecture.quick_images(QUICK_TARGET_IMAGES) if profile == "quick" else None
+
+
+def arm_config(architecture: Architecture, arm: str, manifest: Path, data_root: Path, profile: str, source: dict,
+               max_train_images: int | None) -> dict:
+    """Run config of one arm on the CheXpert site, on up to max_train_images training images (None: all)."""
+    if arm not in architecture.arms:
+        raise ValueError(f"{architecture.name} has the arms {architecture.arms}, not {arm!r}")
+    config = {"manifest": str(manifest), "findings": TARGET_FINDINGS, "data_root": str(data_root),
+              "arch": architecture.arch, "head": architecture.head, "policy": "u-ones", "seed": 0,
+              "profile": profile, "max_train_images": max_train_images, "channels": input_channels(arm),
+              "overrides": {"epochs": QUICK_TARGET_EPOCHS} if profile == "quick" else {}}
+    if arm == "from scratch":
+        return {**config, "weights": None, "preset": architecture.scratch_preset}
+    frozen = arm == "off-the-shelf"
+    return {**config, "weights": pretrained_weights(architecture, source), "preset": architecture.transfer_preset,
+            "freeze_backbone": frozen, "feature_cache": frozen}
+
+
+def label(architecture: Architecture, arm: str) -> str:
+    """Row label of an arm, e.g. "DenseNet-121 FT"."""
+    return f"{architecture.short} {ARM_ABBREVIATIONS[arm]}"
+
+
+def configs(settings: Settings) -> dict[tuple[str, str], dict]:
+    """(architecture name, arm) -> run config, for every arm of every architecture."""
+    manifest = target_manifest(settings.data_root, settings.runs_dir / "manifests")
+    sources = source_models.configs(settings)
+    return {(a.name, arm): arm_config(a, arm, manifest, settings.data_root, settings.profile, sources[a.name],
+                                      train_images(a, settings.profile))
+            for a in ARCHITECTURES for arm in a.arms}
+
+
+def stages(settings: Settings) -> list[list[dict]]:
+    """The source models first (the arms start from them), then every arm."""
+    return [*source_models.stages(settings), list(configs(settings).values())]
+
+
+def runs(settings: Settings) -> dict[tuple[str, str], Result]:
+    """(architecture name, arm) -> finished run (trained now if not in the run cache)."""
+    return {key: run(config, runs_dir=settings.runs_dir) for key, config in configs(settings).items()}
+
+
+def results(settings: Settings) -> pd.DataFrame:
+    """One row per architecture and arm (RESULT_COLUMNS)."""
+    draws = bootstrap_draws(settings)
+    rows = [result_row(NAME, name, arm, result, TARGET_FINDINGS, draws)
+            for (name, arm), result in runs(settings).items()]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -1,0 +1,72 @@
+"""Experiment "transfer-sizes": how much pretraining is worth as the target training set grows.
+
+DenseNet-121 fine-tuned from its pretrained weights against from scratch, on nested subsets of the transfer
+experiment's training patients (the same validation and test images for every run), with the paired
+patient-bootstrap interval of their difference in mean test AUROC. Papers 001 and 002 disagree on what pretraining
+buys (001: scratch catches up on 78,000 images; 002: at 3 epochs ImageNet weights help a lot); the difference
+should shrink as the training set grows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cxrcore.experiments import source_models, transfer
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row, scored_findings
+from cxrcore.metrics import bootstrap_mean_difference, score_column
+from cxrcore.runner import Result, run
+from cxrcore.settings import Settings
+
+NAME = "transfer-sizes"
+ARCHITECTURE = source_models.ARCHITECTURES[0]  # DenseNet-121: paper 002's network
+PRETRAINED, SCRATCH = "fine-tuned", "from scratch"
+QUICK_SIZES = (100, 200, 400)  # plus the transfer experiment's own training set (its runs are reused)
+FULL_SIZES = (1_000, 10_000, 50_000)
+DIFFERENCE_COLUMNS = ["difference", "difference_low", "difference_high"]
+
+
+def sizes(settings: Settings) -> list[int | None]:
+    """Training-set sizes of the sweep; the last (None in the full profile: all) is the transfer experiment's."""
+    smaller = QUICK_SIZES if settings.profile == "quick" else FULL_SIZES
+    return [*smaller, transfer.train_images(ARCHITECTURE, settings.profile)]
+
+
+def configs(settings: Settings) -> dict[tuple[int | None, str], dict]:
+    """(training images, arm) -> run config."""
+    manifest = transfer.target_manifest(settings.data_root, settings.runs_dir / "manifests")
+    source = source_models.configs(settings)[ARCHITECTURE.name]
+    return {(size, arm): transfer.arm_config(ARCHITECTURE, arm, manifest, settings.data_root, settings.profile,
+                                             source, size)
+            for size in sizes(settings) for arm in (PRETRAINED, SCRATCH)}
+
+
+def stages(settings: Settings) -> list[list[dict]]:
+    """The source model first, then every run of the sweep."""
+    return [[source_models.configs(settings)[ARCHITECTURE.name]], list(configs(settings).values())]
+
+
+def paired_difference(pretrained: Result, scratch: Result, findings: list[str], n_boot: int) -> dict:
+    """Pretrained minus scratch mean test AUROC with its paired patient-bootstrap interval."""
+    a, b = pretrained.predictions, scratch.predictions
+    if not a["path"].equals(b["path"]):
+        raise ValueError(f"runs {pretrained.key} and {scratch.key} were not tested on the same images")
+    scored = scored_findings(a, findings)
+    labels = a[scored]
+    result = bootstrap_mean_difference(labels.fillna(0).to_numpy(), a[[score_column(f) for f in scored]].to_numpy(),
+                                       b[[score_column(f) for f in scored]].to_numpy(), a["patient_id"].to_numpy(),
+                                       n_boot=n_boot, mask=labels.notna().to_numpy())
+    return {"difference": result["difference"], "difference_low": result["low"], "difference_high": result["high"]}
+
+
+def results(settings: Settings) -> pd.DataFrame:
+    """One row per size and arm (RESULT_COLUMNS); the pretrained rows add the paired difference to scratch."""
+    draws = bootstrap_draws(settings)
+    finished = {key: run(config, runs_dir=settings.runs_dir) for key, config in configs(settings).items()}
+    rows = []
+    for size in sizes(settings):
+        pretrained, scratch = finished[(size, PRETRAINED)], finished[(size, SCRATCH)]
+        difference = paired_difference(pretrained, scratch, transfer.TARGET_FINDINGS, draws)
+        for arm, result in ((PRETRAINED, pretrained), (SCRATCH, scratch)):
+            row = result_row(NAME, ARCHITECTURE.name, arm, result, transfer.TARGET_FINDINGS, draws)
+            rows.append({**row, **(difference if arm == PRETRAINED else dict.fromkeys(difference, np.nan))})
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS + DIFFERENCE_COLUMNS)
