@@ -56,15 +56,19 @@ def report_text(reports: pd.DataFrame) -> pd.Series:
 
 
 @functools.cache
-def cached_iu_reports() -> pd.DataFrame:
-    """The real IU reports (data_prep.reference.iu_reports), parsed once per process; do not modify it."""
+def _iu_reports_read() -> pd.DataFrame:
     return iu_reports()
+
+
+def cached_iu_reports() -> pd.DataFrame:
+    """The real IU reports (data_prep.reference.iu_reports), parsed once per process; a copy the caller may change."""
+    return _iu_reports_read().copy()
 
 
 @functools.cache
 def _evaluation_set() -> pd.DataFrame:
     """IU reports with text and reference labels, without 'No Indexing' and empty reports (cached)."""
-    reports = cached_iu_reports().copy()
+    reports = cached_iu_reports()
     reports["text"] = report_text(reports)
     usable = ~reports["mesh_major"].map(lambda m: NOT_INDEXED in mesh_heads(m)) & (reports["text"] != "")
     kept = reports[usable].reset_index(drop=True)

@@ -15,14 +15,13 @@ from PIL import Image
 _FILES = {
     "chexpert": "chexpert_train.csv.gz",
     "nih": "Data_Entry_2017_v2020.csv.gz",
-    "nih_bbox": "BBox_List_2017.csv.gz",
     "iu_reports": "NLMCXR_reports.tgz",
     "lung_masks": "semantic_masks_v7labs_lungs.zip",
 }
 
 
 def reference_file(key: str) -> Path:
-    """Path of one shipped reference file ('chexpert', 'nih', 'nih_bbox', 'iu_reports', 'lung_masks')."""
+    """Path of one shipped reference file ('chexpert', 'nih', 'iu_reports', 'lung_masks')."""
     if key not in _FILES:
         raise KeyError(f"unknown reference file {key!r}; known: {sorted(_FILES)}")
     # find_spec locates the package without importing it (importing it would import torch: ~4 s)
@@ -43,14 +42,6 @@ def chexpert_table() -> pd.DataFrame:
 def nih_table() -> pd.DataFrame:
     """The real ChestX-ray14 Data_Entry_2017_v2020.csv (112,120 rows)."""
     return pd.read_csv(reference_file("nih"))
-
-
-def nih_bbox_table() -> pd.DataFrame:
-    """The real ChestX-ray14 BBox_List_2017.csv (984 boxes), columns Image Index, Finding Label, x, y, w, h."""
-    table = pd.read_csv(reference_file("nih_bbox"))
-    table = table.iloc[:, :6]
-    table.columns = ["Image Index", "Finding Label", "x", "y", "w", "h"]
-    return table
 
 
 def _report_row(name: str, root: ET.Element) -> dict:

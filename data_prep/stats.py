@@ -32,15 +32,23 @@ VIEWS = ("frontal", "all")
 
 
 @functools.cache
-def _chexpert_source() -> pd.DataFrame:
-    """The real CheXpert train.csv, read once per process (it takes a few seconds)."""
+def _chexpert_read() -> pd.DataFrame:
     return chexpert_table()
 
 
 @functools.cache
-def _nih_source() -> pd.DataFrame:
-    """The real ChestX-ray14 Data_Entry_2017_v2020.csv, read once per process."""
+def _nih_read() -> pd.DataFrame:
     return nih_table()
+
+
+def _chexpert_source() -> pd.DataFrame:
+    """The real CheXpert train.csv, read once per process (it takes a few seconds); a copy the caller may change."""
+    return _chexpert_read().copy()
+
+
+def _nih_source() -> pd.DataFrame:
+    """The real ChestX-ray14 Data_Entry_2017_v2020.csv, read once per process; a copy the caller may change."""
+    return _nih_read().copy()
 
 
 def _check_views(views: str) -> None:
