@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
 from cxrcore.findings import NIH_HARMONIZED
-from cxrcore.models import build_model
-from cxrcore.runner import run
+from cxrcore.models import build_model, target_layer
+from cxrcore.runner import Result, evaluation_dataset, run
 from cxrcore.settings import Settings
 from data_prep.manifests import assign_splits, read_nih, write_derived_manifest
 
@@ -95,3 +96,18 @@ def results(settings: Settings) -> pd.DataFrame:
                        SOURCE_FINDINGS, bootstrap_draws(settings))
             for name, config in configs(settings).items()]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def silent_channels(result: Result, images: int = 64) -> float:
+    """Share of the last feature maps' channels (what the head reads) that are zero on every one of the first
+    `images` test images: units that carry nothing, e.g. ReLUs that died during training."""
+    dataset = evaluation_dataset(result, "test")
+    batch = torch.stack([dataset[i]["image"] for i in range(min(images, len(dataset)))])
+    net = result.load_model().eval()
+    captured = []
+    hook = target_layer(net).register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    with torch.no_grad():
+        net(batch)
+    hook.remove()
+    maps = captured[0]  # (N, C, h, w)
+    return float((maps.amax(dim=(0, 2, 3)) <= 0).float().mean())
