@@ -22,14 +22,13 @@ The readers of the real on-disk layouts that produce manifests are in data_prep.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrcore.atomic import atomic_write
 from cxrcore.findings import ALL_FINDINGS, source_values
 
 REQUIRED_COLUMNS = ["path", "site", "patient_id", "study_id", "view", "projection", "sex", "age", "split"]
@@ -117,16 +116,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, force: bool = False) -> P
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
     validate_manifest(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            df.to_csv(stream, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda stream: df.to_csv(stream, index=False))
 
 
 def write_derived_manifest(df: pd.DataFrame, path: str | Path) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 import cxrcore
+from cxrcore.atomic import atomic_write
 from cxrcore.features import HeadOnly, feature_loaders
 from cxrcore.manifest import load_manifest
 from cxrcore.metrics import auroc_per_class, score_column
@@ -280,9 +281,7 @@ def _read_result(run_dir: Path, key: str) -> Result:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda stream: stream.write(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
 def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, data_root: Path, progress: bool) -> dict:
