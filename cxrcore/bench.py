@@ -51,7 +51,7 @@ def write_demo_images(folder: Path, count: int, side: int = 320, seed: int = 0) 
 
 
 def bench_manifest(paths: list[Path]) -> pd.DataFrame:
-    """A manifest (project schema) over the images, with one random finding column."""
+    """A manifest (cxrcore.manifest schema) over the images, with one random finding column."""
     rng = np.random.default_rng(0)
     ids = [f"b{i}" for i in range(len(paths))]
     return pd.DataFrame({"path": [str(p) for p in paths], "site": "hospital", "patient_id": ids, "study_id": ids,

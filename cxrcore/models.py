@@ -20,6 +20,8 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import vgg as tv_vgg
 
+from cxrcore.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 ARCHS = ("densenet121", "resnet18", "resnet38", "resnet50", "resnet101", "vgg16")
@@ -120,7 +122,9 @@ def _extra_pool() -> nn.MaxPool2d:
 
 def _resnet_backbone(arch: str, channels: int, large: bool) -> tuple[nn.Sequential, int]:
     block = tv_resnet.BasicBlock if arch == "resnet18" else tv_resnet.Bottleneck
-    net = tv_resnet.ResNet(block, RESNET_LAYERS[arch])
+    # each residual branch starts as the identity (its last BatchNorm scale at zero, Goyal et al. 2017): a deep
+    # ResNet trained from random weights learns in far fewer steps; pretrained weights overwrite these scales
+    net = tv_resnet.ResNet(block, RESNET_LAYERS[arch], zero_init_residual=True)
     if channels != 3:
         net.conv1 = _first_conv(channels, net.conv1)
     parts = [("conv1", net.conv1), ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool),
@@ -320,10 +324,13 @@ def load_checkpoint_weights(model: CXRNet, path: str | Path) -> WeightsReport:
                          note="" if head_fits else "head shape differs: re-initialised")
 
 
+def atomic_save(obj: object, path: str | Path) -> Path:
+    """torch.save through a temporary file next to `path`, then os.replace: never a half-written checkpoint."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream), binary=True)
+
+
 def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
     """Atomically save {"model": state_dict, "model_config": ..., **extra} (loadable with weights_only=True)."""
-    from cxrcore.train import atomic_save  # local import: train imports models
-
     plain = unwrap(model)
     payload = {"model": plain.state_dict(), "model_config": dict(plain.config), **(extra or {})}
     return atomic_save(payload, Path(path))

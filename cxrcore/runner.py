@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 import cxrcore
+from cxrcore.atomic import atomic_write
 from cxrcore.features import HeadOnly, feature_loaders
+from cxrcore.manifest import load_manifest
 from cxrcore.metrics import auroc_per_class, score_column
 from cxrcore.models import build_model, load_model, save_model
 from cxrcore.presets import Preset, get_preset, quick, with_overrides
@@ -43,7 +45,7 @@ CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory (decoded once per
 class RunConfig:
     """Everything that defines one experiment (the JSON config of `python -m cxrcore train`)."""
 
-    manifest: str  # manifest CSV (data_prep.manifests schema)
+    manifest: str  # manifest CSV (cxrcore.manifest schema)
     findings: list[str]
     data_root: str | None = None  # image paths are relative to it; default $CXR_DATA_ROOT (not part of the key)
     policy: str | dict = "u-ones"  # u-ones | u-zeros | u-ignore | u-multiclass, or {finding: policy}
@@ -126,7 +128,7 @@ def _file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-_NOT_IN_RUN_KEY = {"plots.py", "cam.py", "bench.py", "cli.py", "__main__.py", "transfer.py"}  # configs say it all
+_NOT_IN_RUN_KEY = {"plots.py", "cam.py", "bench.py", "cli.py", "__main__.py"}  # configs say it all
 
 
 def code_hash() -> str:
@@ -228,7 +230,6 @@ def _fits_in_memory(images: int, image_size: int) -> bool:
 
 def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
     from cxrcore.datasets import AUGMENTATIONS, ManifestDataset
-    from data_prep.manifests import load_manifest
 
     if preset.augment not in (False, True, *AUGMENTATIONS):
         raise ValueError(f"preset {preset.name}: augmentation {preset.augment!r} is not implemented by "
@@ -280,9 +281,7 @@ def _read_result(run_dir: Path, key: str) -> Result:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda stream: stream.write(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
 def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, data_root: Path, progress: bool) -> dict:

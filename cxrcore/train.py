@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cxrcore.losses import masked_bce, multiclass_ce
 from cxrcore.metrics import auroc_per_class, predictions_frame
-from cxrcore.models import probabilities, unwrap
+from cxrcore.models import atomic_save, probabilities, unwrap
 
 SELECT_BY = ("val_loss", "mean_auroc", "last")
 SCHEDULERS = ("plateau", "onecycle", "none")
@@ -95,16 +95,6 @@ class History:
 # ---------------------------------------------------------------- helpers
 
 
-def atomic_save(obj: object, path: Path) -> Path:
-    """torch.save to a temporary file next to `path`, then os.replace: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """auto -> this rank's GPU if CUDA is available (LOCAL_RANK under torchrun), else CPU."""
     if isinstance(name, torch.device):
@@ -137,7 +127,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, see
     distributed = _distributed()[0] if distributed is None else distributed
     sampler = None
     if distributed:
-        is_dist, rank, world = _distributed()
+        _, rank, world = _distributed()
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed)

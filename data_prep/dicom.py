@@ -7,8 +7,6 @@ bone white (MONOCHROME1 stores high values as dark) -> resized keeping the aspec
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from cxrcore.atomic import atomic_write
 
 
 def dicom_to_array(src: str | Path, window: Sequence[float] | None = None) -> np.ndarray:
@@ -62,16 +62,7 @@ def dicom_to_png(
     image = dicom_to_array(src, window)
     resized = Image.fromarray(image).resize(fit_size(image.shape, size), Image.Resampling.LANCZOS)
     pixels = np.rint(np.clip(np.asarray(resized), 0.0, 1.0) * 255.0).astype(np.uint8)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return atomic_write(dst, lambda stream: Image.fromarray(pixels).save(stream, format="PNG"), binary=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,22 +1,6 @@
 """Read each dataset in its real on-disk layout into a manifest: one table per site, one row per image.
 
-Manifest schema (CSV; every path relative to DATA_ROOT):
-
-==============  =====================================================================================
-column          values
-==============  =====================================================================================
-path            image file relative to DATA_ROOT, e.g. ``CheXpert-v1.0-small/train/patient00001/...``
-site            chexpert | nih | hospital | mimic
-patient_id      the source's patient id as text (``patient00001``, ``00000001``, ``P000123``)
-study_id        unique across the site (``patient00001/study1``, ``00000001_000``, ``S000456``)
-view            frontal | lateral
-projection      PA | AP | LL | RL | LAT (lateral, side not recorded)
-sex             M | F | U (unknown)
-age             years (float; may be empty)
-split           train | valid | test (``trainval`` only before the validation carve-out)
-<finding>       one column per finding (harmonized names, cxrcore.findings): 1, 0, -1 (uncertain) or
-                empty (not mentioned), the source's own values; policies are applied when loading
-==============  =====================================================================================
+The manifest schema (columns and allowed values) and its load/validate/write functions are in cxrcore.manifest.
 
 Layouts read (DATA_ROOT/...):
 
@@ -30,15 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrcore.findings import (
-    ALL_FINDINGS,
     CHEXPERT_FINDINGS,
     HOSPITAL_FINDINGS,
     NIH_FINDINGS,
@@ -46,31 +27,16 @@ from cxrcore.findings import (
     NIH_TO_HARMONIZED,
     source_values,
 )
-from data_prep.splits import assert_patient_disjoint, nih_official_split, split_patients
+from cxrcore.manifest import FINAL_SPLITS, PROJECTIONS, SEXES, require_columns, write_manifest
+from data_prep.splits import nih_official_split, split_patients
 
 log = logging.getLogger(__name__)
-
-REQUIRED_COLUMNS = ["path", "site", "patient_id", "study_id", "view", "projection", "sex", "age", "split"]
-SITES = ("chexpert", "nih", "hospital", "mimic")
-VIEWS = ("frontal", "lateral")
-PROJECTIONS = ("PA", "AP", "LL", "RL", "LAT")
-SEXES = ("M", "F", "U")
-FINAL_SPLITS = ("train", "valid", "test")
-RAW_SPLITS = ("trainval", "test")  # what the readers give before the validation carve-out
-TEXT_COLUMNS = ["path", "site", "patient_id", "study_id", "view", "projection", "sex", "split"]
 
 CHEXPERT_DIR = "CheXpert-v1.0-small"
 NIH_DIR = "ChestX-ray14"
 NIH_TABLE = "Data_Entry_2017_v2020.csv"
 HOSPITAL_DIR = "hospital"
 HOSPITAL_COLUMNS = ["Path", "PatientID", "StudyID", "View", "Sex", "Age", "Report"]
-
-
-def _require_columns(table: pd.DataFrame, columns: Sequence[str], source: str | Path) -> None:
-    """Raise ValueError naming the columns a source table lacks."""
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"{source}: missing columns {missing}; found {list(table.columns)}")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -94,7 +60,7 @@ def _map_values(column: pd.Series, mapping: dict, what: str, source: str | Path,
 # ---------------------------------------------------------------------------------------------- CheXpert
 def _chexpert_rows(table: pd.DataFrame, source: Path, split: str) -> pd.DataFrame:
     """Manifest rows from a CheXpert train.csv/valid.csv table."""
-    _require_columns(table, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS], source)
+    require_columns(table, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS], source)
     parts = table["Path"].str.split("/", expand=True)  # CheXpert-v1.0-small/train/patientNNNNN/studyN/viewN_x.jpg
     if parts.shape[1] != 5 or not parts[2].str.startswith("patient").all():
         raise ValueError(f"{source}: Path values must look like {CHEXPERT_DIR}/train/patientNNNNN/studyN/view.jpg")
@@ -168,7 +134,7 @@ def read_nih(data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
     folder = Path(data_root) / NIH_DIR
     table = _read_csv(folder / NIH_TABLE)
     source = folder / NIH_TABLE
-    _require_columns(table, ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender",
+    require_columns(table, ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender",
                              "View Position"], source)
     located = locate_nih_images(folder)
     found = table["Image Index"].isin(located)
@@ -205,7 +171,7 @@ def _hospital_labels(reports: pd.Series, source: Path, negation: bool) -> pd.Dat
     from data_prep.report_labeler import label_reports  # lazy: the labeler is only needed for this site
 
     labels = label_reports(reports.fillna("").astype(str).tolist(), negation=negation)
-    _require_columns(labels, HOSPITAL_FINDINGS, "report labeler output")
+    require_columns(labels, HOSPITAL_FINDINGS, "report labeler output")
     if len(labels) != len(reports):
         raise ValueError(f"report labeler returned {len(labels)} rows for {len(reports)} reports of {source}")
     values = labels[HOSPITAL_FINDINGS].to_numpy(dtype=float)
@@ -220,7 +186,7 @@ def read_hospital(data_root: str | Path, negation: bool = False) -> pd.DataFrame
     folder = Path(data_root) / HOSPITAL_DIR
     source = folder / "reports.csv"
     table = _read_csv(source)
-    _require_columns(table, HOSPITAL_COLUMNS, source)
+    require_columns(table, HOSPITAL_COLUMNS, source)
     views = {"PA": ("frontal", "PA"), "AP": ("frontal", "AP"), "LL": ("lateral", "LL")}
     pairs = _map_values(table["View"], views, "View", source, table["Path"])
     manifest = pd.DataFrame({
@@ -240,50 +206,7 @@ def read_hospital(data_root: str | Path, negation: bool = False) -> pd.DataFrame
 READERS = {"chexpert": read_chexpert, "nih": read_nih, "hospital": read_hospital}
 
 
-# ------------------------------------------------------------------------------------------ validation
-def finding_columns(df: pd.DataFrame) -> list[str]:
-    """The finding columns of a manifest, in table order."""
-    return [c for c in df.columns if c not in REQUIRED_COLUMNS]
-
-
-def _check_allowed(df: pd.DataFrame, column: str, allowed: Sequence[str]) -> None:
-    """Raise ValueError naming the first row whose value is not allowed."""
-    bad = ~df[column].isin(allowed)
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"manifest column {column!r}: value {df[column].iloc[i]!r} at row {i} "
-                         f"({df['path'].iloc[i]}) not in {list(allowed)}")
-
-
-def validate_manifest(df: pd.DataFrame, splits: Sequence[str] = FINAL_SPLITS) -> pd.DataFrame:
-    """Check columns, allowed values, unique paths and patient-disjoint splits; returns df, raises ValueError."""
-    _require_columns(df, REQUIRED_COLUMNS, "manifest")
-    unknown = [c for c in finding_columns(df) if c not in ALL_FINDINGS]
-    if unknown:
-        raise ValueError(f"manifest: unknown columns {unknown}; findings must be one of {ALL_FINDINGS}")
-    if not finding_columns(df):
-        raise ValueError("manifest has no finding columns")
-    for col in ("path", "patient_id", "study_id"):
-        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
-        if empty.any():
-            raise ValueError(f"manifest column {col!r} empty at rows {np.flatnonzero(empty.to_numpy())[:10].tolist()}")
-    for column, allowed in (("site", SITES), ("view", VIEWS), ("projection", PROJECTIONS), ("sex", SEXES),
-                            ("split", splits)):
-        _check_allowed(df, column, allowed)
-    age = pd.to_numeric(df["age"], errors="coerce")
-    bad_age = (age.isna() & df["age"].notna()) | (age < 0)
-    if bad_age.any():
-        i = int(np.flatnonzero(bad_age.to_numpy())[0])
-        raise ValueError(f"manifest: age {df['age'].iloc[i]!r} at row {i} ({df['path'].iloc[i]}) is not a number >= 0")
-    duplicated = df["path"].duplicated(keep=False)
-    if duplicated.any():
-        rows = np.flatnonzero(duplicated.to_numpy())
-        raise ValueError(f"manifest: duplicate path {df['path'].iloc[rows[0]]!r} at rows {rows[:10].tolist()}")
-    source_values(df[finding_columns(df)].to_numpy(), finding_columns(df), df["path"].tolist())
-    assert_patient_disjoint(df.reset_index(drop=True))
-    return df
-
-
+# ----------------------------------------------------------------------------------------- file checks
 def check_files(df: pd.DataFrame, data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
     """Rows whose image file exists under data_root; a missing file raises naming it unless on_missing='skip'."""
     if on_missing not in ("raise", "skip"):
@@ -298,49 +221,6 @@ def check_files(df: pd.DataFrame, data_root: str | Path, on_missing: str = "rais
                                 f"e.g. {missing[:3]})")
     log.warning("%d of %d image files missing under %s, left out (e.g. %s)", len(missing), len(df), root, missing[:3])
     return df[exists]
-
-
-# ------------------------------------------------------------------------------------------------- I/O
-def write_manifest(df: pd.DataFrame, path: str | Path, force: bool = False) -> Path:
-    """Validate and write a manifest CSV atomically; an existing file is only replaced with force=True."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-    validate_manifest(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            df.to_csv(stream, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_derived_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest that a chapter or experiment derives itself, unless the file already holds exactly this
-    table (so its modification time, and anything keyed on it, only changes when the content does)."""
-    path = Path(path)
-    if path.is_file() and path.read_text() == df.to_csv(index=False):
-        return path
-    return write_manifest(df, path, force=True)
-
-
-def load_manifest(path: str | Path, splits: Sequence[str] = FINAL_SPLITS) -> pd.DataFrame:
-    """Read and validate a manifest CSV (ids stay text: leading zeros are kept)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} not found")
-    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
-                     na_values={c: [""] for c in ["age", *ALL_FINDINGS]})
-    for column in finding_columns(df):
-        if df[column].dtype == object or pd.api.types.is_string_dtype(df[column]):
-            source_values(df[[column]].to_numpy(), [column], df["path"].tolist())  # names the bad row
-        df[column] = df[column].astype(float)
-    df["age"] = pd.to_numeric(df["age"], errors="raise").astype(float)
-    return validate_manifest(df, splits)
 
 
 # ------------------------------------------------------------------------------------------------- CLI

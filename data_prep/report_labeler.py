@@ -24,14 +24,14 @@ tokens are kept as text but are not counted as words of a negation scope (one to
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+
+from cxrcore.atomic import atomic_write
 
 DISEASES = ("Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumonia")
 CLASSES = (*DISEASES, "No Finding")
@@ -207,19 +207,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
-def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
-    """Write `table` to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            table.to_csv(stream, index=False)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def label_csv(input_path: Path, text_column: str, negation: bool) -> pd.DataFrame:
     """The rows of `input_path` plus one 1/0 column per class labeled from `text_column`."""
     if not input_path.is_file():
@@ -241,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
         labeled = label_csv(args.input, args.text_column, args.negation)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise SystemExit(f"label-reports: {err}") from err
-    write_csv_atomic(labeled, args.out)
+    atomic_write(args.out, lambda stream: labeled.to_csv(stream, index=False))
     counts = ", ".join(f"{c}={int(labeled[c].sum())}" for c in CLASSES)
     print(f"labeled {len(labeled)} reports -> {args.out} ({counts})")
     return 0

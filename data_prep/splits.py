@@ -11,22 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-
-def assert_patient_disjoint(df: pd.DataFrame, split_col: str = "split") -> None:
-    """Raise ValueError naming the patients (and their rows) that have images in more than one split."""
-    for col in ("patient_id", split_col):
-        if col not in df.columns:
-            raise ValueError(f"column {col!r} missing; have {list(df.columns)}")
-    n_splits = df.groupby("patient_id", sort=True)[split_col].nunique()
-    leaking = n_splits[n_splits > 1].index.tolist()
-    if leaking:
-        first = leaking[0]
-        rows = df.index[df["patient_id"] == first].tolist()
-        splits = sorted(df.loc[df["patient_id"] == first, split_col].astype(str).unique())
-        raise ValueError(
-            f"patient {first!r} has images in splits {splits} (rows {rows[:10]}); "
-            f"{len(leaking)} patient(s) in two splits in all: {leaking[:5]}"
-        )
+from cxrcore.manifest import assert_patient_disjoint
 
 
 def _check_fractions(fractions: Mapping[str, float]) -> None:

@@ -11,19 +11,9 @@ from layouts import CheXpertTree, NIHTree
 
 from cxrcore.cli import dispatch
 from cxrcore.findings import CHEXPERT_FINDINGS, HOSPITAL_FINDINGS, NIH_FINDINGS, harmonize
+from cxrcore.manifest import RAW_SPLITS, assert_patient_disjoint, load_manifest, validate_manifest, write_manifest
 from data_prep.__main__ import COMMANDS
-from data_prep.manifests import (
-    RAW_SPLITS,
-    assign_splits,
-    check_files,
-    load_manifest,
-    read_chexpert,
-    read_hospital,
-    read_nih,
-    validate_manifest,
-    write_manifest,
-)
-from data_prep.splits import assert_patient_disjoint
+from data_prep.manifests import assign_splits, check_files, read_chexpert, read_hospital, read_nih
 
 
 def test_read_chexpert(chexpert_tree: CheXpertTree) -> None:

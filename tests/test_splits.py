@@ -6,12 +6,8 @@ import pandas as pd
 import pytest
 from layouts import nih_reference
 
-from data_prep.splits import (
-    assert_patient_disjoint,
-    kfold_patient_resampling,
-    nih_official_split,
-    split_patients,
-)
+from cxrcore.manifest import assert_patient_disjoint
+from data_prep.splits import kfold_patient_resampling, nih_official_split, split_patients
 
 
 @pytest.fixture(scope="module")

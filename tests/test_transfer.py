@@ -10,9 +10,9 @@ import torch
 from layouts import write_chexpert, write_nih
 
 from cxrcore.experiments import source_models, transfer
+from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
 from cxrcore.runner import run
-from data_prep.manifests import load_manifest, write_derived_manifest
 
 DENSENET = transfer.ARCHITECTURES[0]
 VGG = next(a for a in transfer.ARCHITECTURES if a.arch == "vgg16")

@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
 from cxrcore.runner import Result, run
 from cxrcore.settings import Settings
-from data_prep.manifests import read_chexpert, write_derived_manifest
-from data_prep.splits import assert_patient_disjoint, split_patients
+from data_prep.manifests import read_chexpert
+from data_prep.splits import split_patients
 
 NAME = "leakage"
 FINDINGS = ["Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion"]

@@ -14,10 +14,11 @@ import torch
 
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
 from cxrcore.findings import NIH_HARMONIZED
+from cxrcore.manifest import write_derived_manifest
 from cxrcore.models import build_model, target_layer
 from cxrcore.runner import Result, evaluation_dataset, run
 from cxrcore.settings import Settings
-from data_prep.manifests import assign_splits, read_nih, write_derived_manifest
+from data_prep.manifests import assign_splits, read_nih
 
 NAME = "source-models"
 SOURCE_FINDINGS = list(NIH_HARMONIZED)

@@ -17,11 +17,12 @@ import pandas as pd
 from cxrcore.experiments import source_models
 from cxrcore.experiments.source_models import ARCHITECTURES, ARMS, Architecture, trainable_parameters
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
 from cxrcore.runner import Result, run
 from cxrcore.settings import Settings
-from data_prep.manifests import read_chexpert, write_derived_manifest
-from data_prep.splits import assert_patient_disjoint, split_patients
+from data_prep.manifests import read_chexpert
+from data_prep.splits import split_patients
 
 NAME = "transfer"
 TARGET_FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]

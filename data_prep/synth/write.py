@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +14,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cxrcore.atomic import atomic_write
 from data_prep.synth import plan, sample
 from data_prep.synth.render import SITES, render, seeded
 from data_prep.synth.styles import STYLES
@@ -268,6 +268,5 @@ def write_meta(root: Path, seed: int, per_site: int, size: int, counts: dict[str
         "nih_drain_rate_other": plan.NIH_DRAIN_OTHER_RATE,
         "nih_unlabelled_device_rate": plan.NIH_DEVICE_RATE,
     }
-    tmp = root / "synth_meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, root / "synth_meta.json")
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    atomic_write(root / "synth_meta.json", lambda stream: stream.write(text))
