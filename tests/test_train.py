@@ -173,3 +173,16 @@ def test_masked_entries_do_not_train(tmp_path):
     for name, value in model.state_dict().items():
         if "running" not in name and "num_batches" not in name:  # BatchNorm statistics do move
             torch.testing.assert_close(value, before[name], msg=name)
+
+
+def test_onecycle_warms_up_then_decays_to_zero():
+    train, valid = _loaders(n_train=64, batch=8)  # 8 steps per epoch
+    cfg = TrainConfig(epochs=4, lr=1e-2, scheduler="onecycle", progress=False, device="cpu")
+    history = fit(tiny_cnn(), train, valid, cfg=cfg)
+    lrs = history.table["lr"].tolist()  # the rate at the start of each epoch
+    assert lrs[0] < 1e-2 / 10  # starts low (warm-up)
+    assert max(lrs) <= 1e-2 + 1e-12 and lrs[1] > lrs[0] and lrs[-1] < lrs[1]  # peaks at lr, then decays
+    with pytest.raises(ValueError, match="scheduler='cosine'"):
+        TrainConfig(scheduler="cosine")
+    short = TrainConfig(epochs=1, scheduler="onecycle", progress=False, device="cpu")  # 2 steps: no cycle fits
+    fit(tiny_cnn(), *_loaders(n_train=16, n_valid=8, batch=8), cfg=short)  # runs at the fixed rate, no error
