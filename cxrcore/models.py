@@ -122,9 +122,7 @@ def _extra_pool() -> nn.MaxPool2d:
 
 def _resnet_backbone(arch: str, channels: int, large: bool) -> tuple[nn.Sequential, int]:
     block = tv_resnet.BasicBlock if arch == "resnet18" else tv_resnet.Bottleneck
-    # each residual branch starts as the identity (its last BatchNorm scale at zero, Goyal et al. 2017): a deep
-    # ResNet trained from random weights learns in far fewer steps; pretrained weights overwrite these scales
-    net = tv_resnet.ResNet(block, RESNET_LAYERS[arch], zero_init_residual=True)
+    net = tv_resnet.ResNet(block, RESNET_LAYERS[arch])
     if channels != 3:
         net.conv1 = _first_conv(channels, net.conv1)
     parts = [("conv1", net.conv1), ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool),
