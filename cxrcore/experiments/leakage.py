@@ -35,10 +35,10 @@ def split_tables(data_root: Path) -> dict[str, pd.DataFrame]:
     return {"patient-wise": patient_wise, "image-wise": image_wise}
 
 
-def configs(settings: Settings) -> dict[str, dict]:
+def configs(settings: Settings, tables: dict[str, pd.DataFrame] | None = None) -> dict[str, dict]:
     """Split name -> run config (ResNet-18 from random weights, paper 000's recipe without augmentation)."""
     out = {}
-    for name, table in split_tables(settings.data_root).items():
+    for name, table in (tables or split_tables(settings.data_root)).items():
         path = write_derived_manifest(table.drop(columns="real_patient"),
                                       settings.runs_dir / "manifests" / f"data_and_labels_{name}.csv")
         out[name] = {"manifest": str(path), "findings": FINDINGS, "data_root": str(settings.data_root),
@@ -55,8 +55,9 @@ def stages(settings: Settings) -> list[list[dict]]:
 
 def runs(settings: Settings) -> dict[str, Result]:
     """Split name -> finished run, its predictions' patient_id replaced by the real patient (for the bootstrap)."""
-    real = split_tables(settings.data_root)["patient-wise"].set_index("path")["real_patient"]
-    finished = {name: run(config, runs_dir=settings.runs_dir) for name, config in configs(settings).items()}
+    tables = split_tables(settings.data_root)
+    real = tables["patient-wise"].set_index("path")["real_patient"]
+    finished = {name: run(config, runs_dir=settings.runs_dir) for name, config in configs(settings, tables).items()}
     for result in finished.values():
         result.predictions["patient_id"] = result.predictions["path"].map(real)
     return finished

@@ -32,8 +32,8 @@ def train_stages(stages: list[list[dict]], runs_dir: Path, jobs: int = 1) -> Non
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     for stage in stages:
-        pending = list({run_key(c, runs_dir=runs_dir): c for c in stage
-                        if not (runs_dir / run_key(c, runs_dir=runs_dir)).is_dir()}.values())
+        keyed = {run_key(config, runs_dir=runs_dir): config for config in stage}  # a shared run appears once
+        pending = [config for key, config in keyed.items() if not (runs_dir / key).is_dir()]
         if not pending:
             continue
         start = time.perf_counter()
