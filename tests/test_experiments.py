@@ -34,7 +34,7 @@ def test_experiment_command_prints_the_chapter_table(tmp_path: Path, monkeypatch
         monkeypatch.setenv(name, value)
     assert dispatch(COMMANDS, "cxrcore", "", ["experiment", "leakage", "--jobs", "2"]) == 0  # two processes
     printed = capsys.readouterr()
-    assert "==> experiment leakage" in printed.err and "stage of 2 runs" in printed.err  # progress: stderr
+    assert "==> experiment leakage" in printed.err and "trained 2 runs" in printed.err  # progress: stderr
     assert "patient-wise" in printed.out and "image-wise" in printed.out  # the table: stdout
     assert dispatch(COMMANDS, "cxrcore", "", ["experiment", "leakage", "--format", "csv"]) == 0
     printed = pd.read_csv(io.StringIO(capsys.readouterr().out))  # nothing but the CSV on stdout

@@ -10,9 +10,10 @@ import torch
 from layouts import write_chexpert, write_nih
 
 from cxrcore.experiments import source_models, transfer
+from cxrcore.experiments.training import dependencies, run_order
 from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
-from cxrcore.runner import run
+from cxrcore.runner import run, run_key
 
 DENSENET = transfer.ARCHITECTURES[0]
 VGG = next(a for a in transfer.ARCHITECTURES if a.arch == "vgg16")
@@ -74,6 +75,23 @@ def test_arm_configs(both_sites: Path, monkeypatch: pytest.MonkeyPatch, tmp_path
     assert transfer.train_images(VGG, "full") is None
     with pytest.raises(ValueError, match="VGG-16.*not 'from scratch'"):
         transfer.arm_config(VGG, "from scratch", Path("t.csv"), both_sites, "quick", source, None)
+
+
+def test_runs_start_after_their_source_and_the_longest_chain_first(both_sites: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    source = source_models.source_config(DENSENET, source_models.source_manifest(both_sites, tmp_path), both_sites,
+                                         "quick")
+    target = transfer.target_manifest(both_sites, tmp_path)
+    arms = {arm: transfer.arm_config(DENSENET, arm, target, both_sites, "quick", source, 400) for arm in transfer.ARMS}
+    keys = {name: run_key(config, runs_dir=tmp_path) for name, config in [*arms.items(), ("source", source)]}
+    pending = {keys[name]: config for name, config in [*arms.items(), ("source", source)]}
+    needed = dependencies(pending, tmp_path)
+    assert needed[keys["fine-tuned"]] == needed[keys["off-the-shelf"]] == {keys["source"]}
+    assert needed[keys["from scratch"]] == set() and needed[keys["source"]] == set()
+    order = run_order(pending, needed)
+    # the source first (the arms wait for it), the off-the-shelf arm last (its head trains on cached features)
+    assert order == [keys["source"], keys["fine-tuned"], keys["from scratch"], keys["off-the-shelf"]]
 
 
 def test_imagenet_weights_are_preferred_when_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
