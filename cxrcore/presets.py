@@ -1,4 +1,5 @@
-"""Each paper's training hyper-parameters as a named preset, and `quick()` versions that only shrink sizes.
+"""Each paper's training hyper-parameters as a named preset, and the quick profile's versions of them
+(`quick_profile_preset`), which only shrink sizes and set the schedule.
 
 Values are as the papers report them; where a paper does not report a value the preset says so in `chosen`
 (the value used there is this project's choice, not the paper's).
@@ -16,7 +17,8 @@ QUICK_MAX_EPOCHS = 10
 # A few hundred steps at a fixed rate (or a plateau schedule that never fires) leave the weights swinging from
 # epoch to epoch, so the kept epoch is a coin toss: the quick profile warms up, then decays to zero (one cycle).
 QUICK_SCHEDULER = "onecycle"
-QUICK_FIELDS = ("image_size", "batch_size", "epochs", "scheduler")  # what quick() changes: shown in recipe tables
+# what quick_profile_preset() changes: shown in the recipe tables
+QUICK_FIELDS = ("image_size", "batch_size", "epochs", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class Preset:
     plateau_factor: float = 0.1
     plateau_patience: int = 5
     select_by: str = "val_loss"
-    large: bool = False  # paper 001's "-large" input (twice the side); quick() keeps the factor two
-    quick: bool = False
+    large: bool = False  # paper 001's "-large" input (twice the side); the quick profile keeps the factor two
+    quick_profile: bool = False  # made by quick_profile_preset()
     chosen: tuple[str, ...] = field(default=())  # fields the paper does not report (this project's choice)
 
     def train_config(self, **machinery: object) -> TrainConfig:
@@ -94,22 +96,22 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def quick(preset: Preset | str) -> Preset:
+def quick_profile_preset(preset: Preset | str) -> Preset:
     """The CPU-sized version, the same change for every preset: 64 px input (128 for "-large"), batch 32 (8 for
     "-large"), at most 10 epochs, a one-cycle learning-rate schedule peaking at the preset's rate; nothing else."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    if preset.quick:
+    if preset.quick_profile:
         return preset
     size = QUICK_IMAGE_SIZE * (2 if preset.large else 1)
     batch = QUICK_BATCH // 4 if preset.large else QUICK_BATCH
     return dataclasses.replace(preset, image_size=size, batch_size=batch, epochs=min(preset.epochs, QUICK_MAX_EPOCHS),
-                               scheduler=QUICK_SCHEDULER, quick=True)
+                               scheduler=QUICK_SCHEDULER, quick_profile=True)
 
 
 def with_overrides(preset: Preset, overrides: dict | None) -> Preset:
     """A copy of the preset with some fields replaced; an unknown field name raises naming the valid ones."""
     overrides = dict(overrides or {})
-    names = {f.name for f in dataclasses.fields(Preset)} - {"name", "paper", "quick", "chosen"}
+    names = {f.name for f in dataclasses.fields(Preset)} - {"name", "paper", "quick_profile", "chosen"}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown preset override(s) {unknown}; valid: {sorted(names)}")

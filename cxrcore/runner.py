@@ -29,7 +29,7 @@ from cxrcore.features import HeadOnly, feature_loaders
 from cxrcore.manifest import load_manifest
 from cxrcore.metrics import auroc_per_class, score_column
 from cxrcore.models import build_model, load_model, save_model
-from cxrcore.presets import Preset, get_preset, quick, with_overrides
+from cxrcore.presets import Preset, get_preset, quick_profile_preset, with_overrides
 from cxrcore.settings import settings
 from cxrcore.train import fit, make_loader, predict
 
@@ -59,7 +59,7 @@ class RunConfig:
     feature_cache: bool = False  # frozen backbone: train the head on features computed once (images not augmented)
     preset: str = "paper000"
     overrides: dict = field(default_factory=dict)  # preset fields replaced (lr, epochs, image_size, ...)
-    profile: str | None = None  # quick | full; default $CXR_PROFILE. quick applies presets.quick()
+    profile: str | None = None  # quick | full; default $CXR_PROFILE. quick applies presets.quick_profile_preset()
     seed: int = 0
     train_split: str = "train"
     valid_split: str = "valid"
@@ -151,7 +151,7 @@ def _resolve_preset(config: RunConfig) -> Preset:
     if profile not in ("quick", "full"):
         raise ValueError(f"profile={profile!r}: expected quick or full")
     preset = get_preset(config.preset)
-    return with_overrides(quick(preset) if profile == "quick" else preset, config.overrides)
+    return with_overrides(quick_profile_preset(preset) if profile == "quick" else preset, config.overrides)
 
 
 def _runs_dir(runs_dir: str | Path | None) -> Path:

@@ -17,7 +17,7 @@ class Settings:
     runs_dir: Path
 
     @property
-    def quick(self) -> bool:
+    def is_quick_profile(self) -> bool:
         """True in the quick profile (CPU, demo data, small sizes, few epochs)."""
         return self.profile == "quick"
 
