@@ -27,7 +27,8 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(TIMED) venv-create $(PYTHON) -m venv $(VENV)
-	$(TIMED) install $(BIN)/pip install --quiet --progress-bar off $(TORCH_SPEC) -e ".[$(EXTRAS)]"
+	@# --no-compile: Python compiles the few modules it imports on first use, not all of torch at install time
+	$(TIMED) install $(BIN)/pip install --quiet --progress-bar off --no-compile $(TORCH_SPEC) -e ".[$(EXTRAS)]"
 	@touch $@
 
 venv: $(STAMP)  ## create .venv and install the project (idempotent)
