@@ -19,16 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcore.findings import (
-    CHEXPERT_FINDINGS,
-    HOSPITAL_FINDINGS,
-    NIH_FINDINGS,
-    NIH_NO_FINDING,
-    NIH_TO_HARMONIZED,
-    source_values,
-)
-from cxrcore.manifest import FINAL_SPLITS, PROJECTIONS, SEXES, require_columns, write_manifest
+from cxrcore.findings import HOSPITAL_FINDINGS
+from cxrcore.manifest import FINAL_SPLITS, REQUIRED_COLUMNS, SEXES, require_columns, write_manifest
 from data_prep.splits import nih_official_split, split_patients
+from data_prep.tables import NIH_COLUMNS, chexpert_rows, nih_rows
+from data_prep.tables import map_values as _map_values
+from data_prep.tables import read_csv as _read_csv
 
 log = logging.getLogger(__name__)
 
@@ -39,48 +35,16 @@ HOSPITAL_DIR = "hospital"
 HOSPITAL_COLUMNS = ["Path", "PatientID", "StudyID", "View", "Sex", "Age", "Report"]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """A source CSV, with an error naming it when it is absent."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is the dataset unpacked in its original layout there?")
-    return pd.read_csv(path)
-
-
-def _map_values(column: pd.Series, mapping: dict, what: str, source: str | Path, names: pd.Series) -> pd.Series:
-    """Map a column's values; an unmapped value raises ValueError naming the row."""
-    mapped = column.map(mapping)
-    bad = mapped.isna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{source}: unknown {what} {column.iloc[i]!r} at row {i} ({names.iloc[i]}); "
-                         f"known: {sorted(str(k) for k in mapping)}")
-    return mapped
+def _manifest(rows: pd.DataFrame, site: str, split: str | np.ndarray) -> pd.DataFrame:
+    """Rows of data_prep.tables with the site and split columns added, in the manifest schema's column order."""
+    findings = [c for c in rows.columns if c not in REQUIRED_COLUMNS]
+    return rows.assign(site=site, split=split)[[*REQUIRED_COLUMNS, *findings]]
 
 
 # ---------------------------------------------------------------------------------------------- CheXpert
 def _chexpert_rows(table: pd.DataFrame, source: Path, split: str) -> pd.DataFrame:
-    """Manifest rows from a CheXpert train.csv/valid.csv table."""
-    require_columns(table, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS], source)
-    parts = table["Path"].str.split("/", expand=True)  # CheXpert-v1.0-small/train/patientNNNNN/studyN/viewN_x.jpg
-    if parts.shape[1] != 5 or not parts[2].str.startswith("patient").all():
-        raise ValueError(f"{source}: Path values must look like {CHEXPERT_DIR}/train/patientNNNNN/studyN/view.jpg")
-    view = _map_values(table["Frontal/Lateral"], {"Frontal": "frontal", "Lateral": "lateral"}, "view",
-                       source, table["Path"])
-    projection = table["AP/PA"].where(table["AP/PA"].notna(), np.where(view == "lateral", "LAT", None))
-    projection = _map_values(projection, {p: p for p in PROJECTIONS}, "AP/PA", source, table["Path"])
-    manifest = pd.DataFrame({
-        "path": table["Path"],
-        "site": "chexpert",
-        "patient_id": parts[2],
-        "study_id": parts[2] + "/" + parts[3],
-        "view": view,
-        "projection": projection,
-        "sex": _map_values(table["Sex"], {"Male": "M", "Female": "F", "Unknown": "U"}, "Sex", source, table["Path"]),
-        "age": pd.to_numeric(table["Age"], errors="raise").astype(float),
-        "split": split,
-    })
-    labels = source_values(table[CHEXPERT_FINDINGS].to_numpy(), CHEXPERT_FINDINGS, table["Path"].tolist())
-    return pd.concat([manifest, pd.DataFrame(labels, columns=CHEXPERT_FINDINGS, index=table.index)], axis=1)
+    """Manifest rows from a CheXpert train.csv/valid.csv table (read by data_prep.tables.chexpert_rows)."""
+    return _manifest(chexpert_rows(table, source), "chexpert", split)
 
 
 def read_chexpert(data_root: str | Path) -> pd.DataFrame:
@@ -104,20 +68,6 @@ def locate_nih_images(folder: Path) -> dict[str, str]:
     return located
 
 
-def _nih_labels(finding_labels: pd.Series, names: pd.Series, source: Path) -> pd.DataFrame:
-    """One 1/0 column per harmonized ChestX-ray14 finding (+ No Finding) from the '|'-joined labels."""
-    known = set(NIH_FINDINGS) | {NIH_NO_FINDING}
-    columns = [NIH_TO_HARMONIZED[n] for n in [*NIH_FINDINGS, NIH_NO_FINDING]]
-    values = np.zeros((len(finding_labels), len(columns)), dtype=float)
-    position = {raw: k for k, raw in enumerate([*NIH_FINDINGS, NIH_NO_FINDING])}
-    for i, labels in enumerate(finding_labels.astype(str)):
-        for label in labels.split("|"):
-            if label not in known:
-                raise ValueError(f"{source}: unknown finding {label!r} at row {i} ({names.iloc[i]})")
-            values[i, position[label]] = 1.0
-    return pd.DataFrame(values, columns=columns, index=finding_labels.index)
-
-
 def _read_list(path: Path) -> set[str]:
     """Image names of an official split list, one per line."""
     if not path.is_file():
@@ -134,8 +84,7 @@ def read_nih(data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
     folder = Path(data_root) / NIH_DIR
     table = _read_csv(folder / NIH_TABLE)
     source = folder / NIH_TABLE
-    require_columns(table, ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender",
-                             "View Position"], source)
+    require_columns(table, NIH_COLUMNS, source)
     located = locate_nih_images(folder)
     found = table["Image Index"].isin(located)
     if not found.all():
@@ -151,18 +100,9 @@ def read_nih(data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
     if (in_test & in_trainval).any() or not (in_test | in_trainval).all():
         bad = names[(in_test == in_trainval)].tolist()
         raise ValueError(f"{len(bad)} image(s) in both or neither official list, e.g. {bad[:5]}")
-    manifest = pd.DataFrame({
-        "path": NIH_DIR + "/" + names.map(located),
-        "site": "nih",
-        "patient_id": table["Patient ID"].astype(int).map("{:08d}".format),
-        "study_id": names.str.replace(".png", "", regex=False),
-        "view": "frontal",
-        "projection": _map_values(table["View Position"], {"PA": "PA", "AP": "AP"}, "View Position", source, names),
-        "sex": _map_values(table["Patient Gender"], {"M": "M", "F": "F"}, "Patient Gender", source, names),
-        "age": pd.to_numeric(table["Patient Age"], errors="raise").astype(float),
-        "split": np.where(in_test, "test", "trainval"),
-    })
-    return pd.concat([manifest, _nih_labels(table["Finding Labels"], names, source)], axis=1)
+    rows = nih_rows(table, source)
+    rows["path"] = NIH_DIR + "/" + names.map(located)
+    return _manifest(rows, "nih", np.where(in_test, "test", "trainval"))
 
 
 # -------------------------------------------------------------------------------------------- hospital

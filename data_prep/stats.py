@@ -1,14 +1,16 @@
 """Label and demographic statistics of the real CheXpert and ChestX-ray14 (NIH) metadata tables.
 
-Both tables are first put in one common form (`chexpert_raw`, `nih_raw`): one row per image with path,
-patient_id, study_id, sex (M/F/U), age, view (frontal/lateral), projection (AP/PA/LL/RL, 'unknown' where the
-source gives none, i.e. CheXpert's lateral images) and one column per finding holding the source's values:
-1 positive, 0 negative, -1 uncertain, NaN not mentioned.
+Both tables are first put in one common form (`chexpert_raw`, `nih_raw`) by the same readers that build the
+manifests (`data_prep.tables.chexpert_rows` / `nih_rows`), so an image has the same values here as in its
+manifest: one row per image with path, patient_id, study_id, sex (M/F/U), age, view (frontal/lateral),
+projection (AP/PA/LL/RL as the source gives it, LAT for CheXpert's lateral images whose AP/PA is empty) and one
+column per finding holding the source's values: 1 positive, 0 negative, -1 uncertain, NaN not mentioned.
 - CheXpert: the train.csv values as they are. patient_id 'patient00001', study_id 'patient00001/study1'.
 - NIH: ChestX-ray14 lists positives only, so a finding is 1 where listed and 0 where not: NIH has no
   uncertain and no not-mentioned values. Names are harmonized (Effusion -> Pleural Effusion,
   Pleural_Thickening -> Pleural Thickening) and 'No Finding' is kept as its own column. Every NIH image is
-  frontal. patient_id is 'Patient ID'; each image is its own study (study_id = image index without '.png').
+  frontal. patient_id is 'Patient ID' zero-padded to eight digits ('00000001', as in the image names); each
+  image is its own study (study_id = image index without '.png'); path is the image index.
 Counts are of images (rows), never of patients, unless the row says 'patients'.
 """
 from __future__ import annotations
@@ -22,12 +24,12 @@ import pandas as pd
 
 from cxrcore.findings import CHEXPERT_FINDINGS, NIH_FINDINGS, harmonize, source_values
 from data_prep.reference import chexpert_table, nih_table
+from data_prep.tables import chexpert_rows, nih_rows
 
 COMMON_COLUMNS = ["path", "patient_id", "study_id", "sex", "age", "view", "projection"]
 STATS_POLICIES = ("u-ones", "u-zeros", "u-ignore")
 NIH_NO_FINDING = "No Finding"
 NIH_COMMON_FINDINGS = [NIH_NO_FINDING, *(harmonize(name) for name in NIH_FINDINGS)]
-_SEX = {"Male": "M", "Female": "F", "Unknown": "U", "M": "M", "F": "F"}
 VIEWS = ("frontal", "all")
 
 
@@ -57,54 +59,16 @@ def _check_views(views: str) -> None:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
 
 
-def _map_sex(values: pd.Series, source: str) -> pd.Series:
-    """Source sex values to M/F/U; an unknown value raises naming its row."""
-    mapped = values.map(_SEX)
-    bad = mapped.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{source}: unknown sex value {values.iloc[row]!r} at row {row}")
-    return mapped
-
-
 def chexpert_common(table: pd.DataFrame, views: str = "all") -> pd.DataFrame:
     """A CheXpert train/valid.csv table in the common form (see the module docstring)."""
     _check_views(views)
-    parts = table["Path"].str.extract(r"/(?P<patient>patient\d+)/(?P<study>study\d+)/")
-    unparsed = parts["patient"].isna()
-    if unparsed.any():
-        row = int(np.flatnonzero(unparsed.to_numpy())[0])
-        raise ValueError(f"CheXpert: cannot read patient/study from Path {table['Path'].iloc[row]!r} at row {row}")
-    view = table["Frontal/Lateral"].str.lower()
-    if not view.isin(["frontal", "lateral"]).all():
-        row = int(np.flatnonzero(~view.isin(["frontal", "lateral"]).to_numpy())[0])
-        raise ValueError(f"CheXpert: unknown Frontal/Lateral value {table['Frontal/Lateral'].iloc[row]!r} at row {row}")
-    common = pd.DataFrame({
-        "path": table["Path"], "patient_id": parts["patient"], "study_id": parts["patient"] + "/" + parts["study"],
-        "sex": _map_sex(table["Sex"], "CheXpert"), "age": table["Age"].astype(float), "view": view,
-        "projection": table["AP/PA"].fillna("unknown"),
-    })
-    labels = source_values(table[CHEXPERT_FINDINGS].to_numpy(), CHEXPERT_FINDINGS, table["Path"].tolist())
-    common[CHEXPERT_FINDINGS] = labels
+    common = chexpert_rows(table)[[*COMMON_COLUMNS, *CHEXPERT_FINDINGS]]
     return common[common["view"] == "frontal"].reset_index(drop=True) if views == "frontal" else common
 
 
 def nih_common(table: pd.DataFrame) -> pd.DataFrame:
     """A ChestX-ray14 Data_Entry table in the common form (see the module docstring)."""
-    listed = table["Finding Labels"].str.split("|")
-    known = {*NIH_FINDINGS, NIH_NO_FINDING}
-    for row, names in enumerate(listed):
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"NIH: unknown finding {unknown} in row {row} ({table['Image Index'].iloc[row]})")
-    common = pd.DataFrame({
-        "path": table["Image Index"], "patient_id": table["Patient ID"].astype(str),
-        "study_id": table["Image Index"].str.removesuffix(".png"), "sex": _map_sex(table["Patient Gender"], "NIH"),
-        "age": table["Patient Age"].astype(float), "view": "frontal", "projection": table["View Position"],
-    })
-    for raw in [NIH_NO_FINDING, *NIH_FINDINGS]:
-        common[harmonize(raw) if raw != NIH_NO_FINDING else raw] = listed.map(lambda n, r=raw: r in n).astype(float)
-    return common
+    return nih_rows(table)[[*COMMON_COLUMNS, *NIH_COMMON_FINDINGS]]
 
 
 def chexpert_raw(views: str = "all") -> pd.DataFrame:

@@ -11,8 +11,16 @@ import pandas as pd
 import pytest
 
 from cxrcore.findings import CHEXPERT_FINDINGS
+from data_prep.manifests import read_chexpert, read_nih
 from data_prep.reference import chexpert_table, nih_table
-from data_prep.stats import chexpert_common, cooccurrence, demographics, label_counts, nih_common
+from data_prep.stats import (
+    NIH_COMMON_FINDINGS,
+    chexpert_common,
+    cooccurrence,
+    demographics,
+    label_counts,
+    nih_common,
+)
 from data_prep.stats import main as stats_main
 
 CLI_RUNS = {"chexpert": ("chexpert", "--policy", "u-ones"), "nih": ("nih",)}
@@ -156,3 +164,37 @@ def test_bad_values_are_named(chexpert, nih):
     broken_nih.loc[2, "Finding Labels"] = "Effusion|Pneumonitis"
     with pytest.raises(ValueError, match=r"Pneumonitis.*row 2"):
         nih_common(broken_nih)
+
+
+def test_stats_and_manifest_agree_on_chexpert_rows(chexpert, chexpert_tree):
+    """One reader (data_prep.tables): the stats rows and the manifest rows of the same images hold the same values."""
+    manifest = read_chexpert(chexpert_tree.root).set_index("path")
+    common = pd.concat([chexpert_common(chexpert_tree.train), chexpert_common(chexpert_tree.valid)]).set_index("path")
+    assert list(common.index) == list(manifest.index)
+    for column in ("patient_id", "study_id", "sex", "age", "view", "projection", *CHEXPERT_FINDINGS):
+        pd.testing.assert_series_equal(common[column], manifest[column], check_dtype=False, check_index_type=False,
+                                       obj=column)
+    # over the whole real train.csv: laterals without AP/PA are 'LAT' (the manifest schema), never 'unknown'
+    table = chexpert_common(chexpert)
+    lateral_unrecorded = (chexpert["Frontal/Lateral"] == "Lateral") & chexpert["AP/PA"].isna()
+    assert (table["projection"] == "LAT").sum() == lateral_unrecorded.sum() == 32_387
+    assert (table.loc[lateral_unrecorded.to_numpy(), "projection"] == "LAT").all()
+    assert set(table["projection"]) == {"AP", "PA", "LL", "RL", "LAT"}
+    assert demographics(table).set_index(["field", "value"])["count"]["projection", "LAT"] == 32_387
+
+
+def test_stats_and_manifest_agree_on_nih_rows(nih, nih_tree):
+    """The same NIH images get the same zero-padded patient ids, projections, sex, age and labels in both."""
+    manifest = read_nih(nih_tree.root)
+    manifest.index = manifest["path"].str.rsplit("/", n=1).str[1]  # ChestX-ray14/images_NNN/images/NAME -> NAME
+    common = nih_common(nih_tree.table).set_index("path")
+    assert sorted(common.index) == sorted(manifest.index)
+    manifest = manifest.loc[common.index]
+    for column in ("patient_id", "study_id", "sex", "age", "view", "projection", *NIH_COMMON_FINDINGS):
+        pd.testing.assert_series_equal(common[column], manifest[column], check_dtype=False, check_index_type=False,
+                                       obj=column)
+    # over the whole real table: ids are the 8-digit text of the image names, as the manifests write them
+    table = nih_common(nih)
+    assert table["patient_id"].str.fullmatch(r"\d{8}").all()
+    assert (table["patient_id"] == nih["Image Index"].str[:8]).all()
+    assert table["patient_id"].iloc[0] == "00000001" and table["patient_id"].nunique() == 30_805

@@ -188,3 +188,21 @@ def test_bad_arguments(tmp_path: Path, capsys, option: str, value: str, message:
     assert main(_args(tmp_path / "x", option, value)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_difficulty_is_a_data_prep_command(chexpert_tree, nih_tree, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`python -m data_prep difficulty` and the stand-alone module entry run the same yardstick, same output."""
+    from cxrcore.cli import dispatch
+    from data_prep.__main__ import COMMANDS
+    from data_prep.synth import difficulty
+
+    assert COMMANDS["difficulty"][0] == "data_prep.synth.difficulty"
+    (tmp_path / "CheXpert-v1.0-small").symlink_to(chexpert_tree.root / "CheXpert-v1.0-small")
+    (tmp_path / "ChestX-ray14").symlink_to(nih_tree.root / "ChestX-ray14")
+    monkeypatch.setattr(difficulty, "MIN_POSITIVES", 1)  # the tiny trees have few held-out positives
+    options = ["--root", str(tmp_path), "--size", "16", "--epochs", "1", "--seed", "0"]
+    assert dispatch(COMMANDS, "python -m data_prep", "", ["difficulty", *options]) == 0
+    via_dispatcher = capsys.readouterr().out
+    assert difficulty.cli(options) == 0
+    assert capsys.readouterr().out == via_dispatcher
+    assert "median AUROC: cnn" in via_dispatcher and "| chexpert " in via_dispatcher

@@ -1,7 +1,15 @@
 """How hard the demo data is: a tiny plain-PyTorch CNN vs logistic regression on 16x16 thumbnails, per finding.
 
-`python -m data_prep.synth.difficulty --root DATA_ROOT` prints held-out-patient AUROC per site and finding.
-The CNN is an independent yardstick (not the book's models); labels are the sites' own files read with pandas.
+`python -m data_prep difficulty --root DATA_ROOT` (or, as before, `python -m data_prep.synth.difficulty --root
+DATA_ROOT`) prints held-out-patient AUROC per site and finding for the chexpert and nih sites of a data root.
+
+This is an explicitly independent script, and deliberately so: it is a yardstick of the demo data's difficulty,
+and a yardstick must not share the code it measures. So it reads the sites' own CSV files with pandas here (not
+through data_prep.tables / data_prep.manifests), trains with its own plain-PyTorch loop (not cxrcore's engine,
+models, losses, label policies or data loaders) and splits patients with its own seeded permutation (not
+data_prep.splits). A bug in those shared pieces then shows up as a disagreement with this yardstick instead of
+being reproduced by it. Only the finding name lists (cxrcore.findings) and well-tested library code are shared:
+AUROC is sklearn's roc_auc_score, the baseline sklearn's LogisticRegression.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from cxrcore.findings import CHEXPERT_FINDINGS, NIH_FINDINGS
 
 MIN_POSITIVES = 8  # findings with fewer held-out positives are not scored
+RESULT_COLUMNS = ["site", "finding", "held_out_positives", "cnn_auroc", "thumbnail_lr_auroc"]
 
 
 def site_table(root: Path, site: str) -> pd.DataFrame:
@@ -127,18 +136,21 @@ def measure(root: Path, site: str, size: int = 64, epochs: int = 15, seed: int =
                 "thumbnail_lr_auroc": round(lr[n], 3),
             }
             for n in cnn
-        ]
+        ],
+        columns=RESULT_COLUMNS,  # an empty table (no finding with enough positives) keeps its columns
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m data_prep difficulty` (and of `python -m data_prep.synth.difficulty`)."""
+    parser.add_argument("--root", type=Path, required=True, help="data root holding the synthetic sites")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels the CNN sees (default 64)")
+    parser.add_argument("--epochs", type=int, default=15, help="CNN training epochs (default 15)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient split and the CNN (default 0)")
+
+
+def main(args: argparse.Namespace) -> int:
     """Print the difficulty table for the chexpert and nih sites of a synthetic data root."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.synth.difficulty", description=__doc__)
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
     table = pd.concat([measure(args.root, site, args.size, args.epochs, args.seed) for site in ("chexpert", "nih")])
     print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
     print(
@@ -148,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         round(table["thumbnail_lr_auroc"].median(), 3),
     )
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The stand-alone entry `python -m data_prep.synth.difficulty ...`: the same options and output."""
+    parser = argparse.ArgumentParser(prog="python -m data_prep.synth.difficulty", description=__doc__)
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
 
 
 def _has_tabulate() -> bool:
@@ -160,4 +179,4 @@ def _has_tabulate() -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())
