@@ -126,3 +126,7 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
     assert not all(torch.equal(ft_state[key], source_state[key]) for key in backbone)
     assert ots_state["head.weight"].shape == (len(transfer.TARGET_FINDINGS), 2048)
     assert set(ots.predictions["path"]) == set(ft.predictions["path"])
+    health = source_models.health_table({"source": upstream}, source_models.SOURCE_FINDINGS).loc["source"]
+    assert health["score spread (mean sd over findings)"] > 0  # a trained network's scores differ between images
+    assert 0 <= health["silent channels of the last layer"] <= 1
+    assert health["training loss, last epoch"] == upstream.history["loss"].iloc[-1]

@@ -15,6 +15,7 @@ import torch
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
 from cxrcore.findings import NIH_HARMONIZED
 from cxrcore.manifest import write_derived_manifest
+from cxrcore.metrics import score_column
 from cxrcore.models import build_model, target_layer
 from cxrcore.runner import Result, evaluation_dataset, run
 from cxrcore.settings import Settings
@@ -112,3 +113,16 @@ def silent_channels(result: Result, images: int = 64) -> float:
     hook.remove()
     maps = captured[0]  # (N, C, h, w)
     return float((maps.amax(dim=(0, 2, 3)) <= 0).float().mean())
+
+
+COLLAPSED_SPREAD = 0.01  # a network whose test scores vary less than this gives every image the same answer
+
+
+def health_table(results: dict[str, Result], findings: list[str]) -> pd.DataFrame:
+    """Per model: how much its test scores vary (mean sd over findings), its silent last-layer channels and its
+    last training loss; does a network tell the images apart at all?"""
+    scores = [score_column(finding) for finding in findings]
+    return pd.DataFrame({name: {"score spread (mean sd over findings)": result.predictions[scores].std().mean(),
+                                "silent channels of the last layer": silent_channels(result),
+                                "training loss, last epoch": result.history["loss"].iloc[-1]}
+                         for name, result in results.items()}).T
