@@ -105,6 +105,7 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
           channels_last: bool = True, cache: bool = False) -> pd.DataFrame:
     """One-row table: device, settings, pipeline images/s, model-alone images/s and their ratio.
 
+    data_root: the image files to read (None, or too few there: 320 px PNGs generated in a temporary folder).
     cache: the pipeline reads images decoded once and kept in memory (as the runner does when they fit), read
     through once before timing, with workers=0 (each DataLoader worker would keep a cache of its own)."""
     device = resolve_device(device)
@@ -113,13 +114,13 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
     if cache and workers:
         raise ValueError("cache=True measures the in-memory cache of the main process: use workers=0")
     needed = batch * (steps + WARMUP_STEPS)
-    root = Path(data_root) if data_root is not None else settings().data_root
     stepper = _Stepper(arch, device, precision, channels_last)
     # model alone first: DataLoader workers that are still shutting down would otherwise compete for the CPU
     images = torch.randn(batch, 3, size, size, device=device)
     target = torch.randint(0, 2, (batch, 1), device=device).float()
     model_alone = _timed(stepper, itertools.repeat((images, target, torch.ones_like(target))), steps, batch)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
+        root = Path(data_root) if data_root is not None else Path(tmp)  # none given: generated images
         paths = find_images(root, needed)
         source = str(root)
         if len(paths) < needed:
@@ -169,7 +170,8 @@ def main(args: argparse.Namespace) -> int:
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    table = bench(args.arch, args.size, args.batch, precision, args.steps, args.data_root, args.workers, args.device,
+    data_root = args.data_root or settings().data_root  # the environment is read here, at the entry point
+    table = bench(args.arch, args.size, args.batch, precision, args.steps, data_root, args.workers, args.device,
                   channels_last=args.memory_format == "channels_last", cache=args.cache)
     print(table.T.to_string(header=False))
     return 0

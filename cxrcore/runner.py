@@ -47,7 +47,7 @@ class RunConfig:
 
     manifest: str  # manifest CSV (cxrcore.manifest schema)
     findings: list[str]
-    data_root: str | None = None  # image paths are relative to it; default $CXR_DATA_ROOT (not part of the key)
+    data_root: str | None = None  # image paths are relative to it (required to run; not part of the key)
     policy: str | dict = "u-ones"  # u-ones | u-zeros | u-ignore | u-multiclass, or {finding: policy}
     arch: str = "densenet121"
     channels: int = 3
@@ -59,7 +59,7 @@ class RunConfig:
     feature_cache: bool = False  # frozen backbone: train the head on features computed once (images not augmented)
     preset: str = "paper000"
     overrides: dict = field(default_factory=dict)  # preset fields replaced (lr, epochs, image_size, ...)
-    profile: str | None = None  # quick | full; default $CXR_PROFILE. quick applies presets.quick_profile_preset()
+    profile: str | None = None  # quick | full (required to run); quick applies presets.quick_profile_preset()
     seed: int = 0
     train_split: str = "train"
     valid_split: str = "valid"
@@ -147,7 +147,10 @@ def resolved_preset(config: dict | RunConfig) -> Preset:
 
 
 def _resolve_preset(config: RunConfig) -> Preset:
-    profile = (config.profile or settings().profile).lower()
+    if config.profile is None:
+        raise ValueError("run config: 'profile' is missing (quick or full; `python -m cxrcore train` fills it from "
+                         "$CXR_PROFILE)")
+    profile = config.profile.lower()
     if profile not in ("quick", "full"):
         raise ValueError(f"profile={profile!r}: expected quick or full")
     preset = get_preset(config.preset)
@@ -155,7 +158,9 @@ def _resolve_preset(config: RunConfig) -> Preset:
 
 
 def _runs_dir(runs_dir: str | Path | None) -> Path:
-    return Path(runs_dir) if runs_dir is not None else settings().runs_dir
+    if runs_dir is None:
+        raise ValueError("runs_dir is missing: pass the run cache folder (settings.runs_dir)")
+    return Path(runs_dir)
 
 
 def _resolve_weights(config: RunConfig, runs_dir: Path, *, execute: bool) -> tuple[str | None, str | None]:
@@ -331,7 +336,9 @@ def run(config: dict | RunConfig, *, runs_dir: str | Path | None = None, force: 
         return _read_result(final, key)
     preset = _resolve_preset(config)
     weights, _ = _resolve_weights(config, runs_dir, execute=True)
-    data_root = Path(config.data_root) if config.data_root else settings().data_root
+    if not config.data_root:
+        raise ValueError("run config: 'data_root' is missing (the folder with the sites' layouts)")
+    data_root = Path(config.data_root)
     work = runs_dir / f".work-{key}"
     work.mkdir(parents=True, exist_ok=True)
     metrics = _train(config, preset, weights, work, data_root, progress)
@@ -391,7 +398,9 @@ def main(args: argparse.Namespace) -> int:
         config = json.loads(args.config.read_text())
     except json.JSONDecodeError as err:
         raise SystemExit(f"{args.config}: not valid JSON ({err})") from err
-    result = run(config, runs_dir=args.runs_dir, force=args.force, progress=not args.quiet)
+    context = settings()  # the environment is read here, at the entry point, and passed down
+    config = {"profile": context.profile, "data_root": str(context.data_root), **config}
+    result = run(config, runs_dir=args.runs_dir or context.runs_dir, force=args.force, progress=not args.quiet)
     state = "cached" if result.cached else f"trained in {result.elapsed:.0f} s"
     print(f"run {result.key} ({state}): {result.run_dir}")
     print(result.history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -118,6 +118,14 @@ def test_bad_configs_fail_clearly(site, tmp_path):
         run_key(_config(root, manifest, weights="run:0123abcd"), runs_dir=tmp_path)
     with pytest.raises(ValueError, match="lacks required"):
         RunConfig.from_dict({"findings": FINDINGS})
+    # profile, data root and run cache are passed down from the entry point, never read from the environment here
+    without_profile = {k: v for k, v in _config(root, manifest).items() if k != "profile"}
+    with pytest.raises(ValueError, match="'profile' is missing"):
+        run_key(without_profile, runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="runs_dir is missing"):
+        run(_config(root, manifest))
+    with pytest.raises(ValueError, match="'data_root' is missing"):
+        run(_config(root, manifest, data_root=None), runs_dir=tmp_path)
 
 
 def test_feature_cache_trains_the_same_head_as_the_images(site, tmp_path):
