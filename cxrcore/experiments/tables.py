@@ -1,12 +1,15 @@
-"""What every experiment's results table holds: a finished run's mean test AUROC with its patient-bootstrap CI."""
+"""What every experiment's results table holds (a finished run's mean test AUROC with its patient-bootstrap CI),
+and the chapters' comparisons of arms: pairwise DeLong tests with BH q values, thresholds, precision, recall, F1."""
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
+from scipy.stats import false_discovery_control
 
-from cxrcore.metrics import summarize
+from cxrcore.metrics import delong_test, precision_recall_f1, score_column, summarize, thresholds
 from cxrcore.runner import Result
 from cxrcore.settings import Settings
 
@@ -40,3 +43,71 @@ def result_row(experiment: str, model: str, arm: str, result: Result, findings: 
             "test_images": result.metrics["images"]["test"], "mean_auroc": mean["auroc"], "ci_low": mean["low"],
             "ci_high": mean["high"], "seconds": result.elapsed, "epochs": len(history),
             "kept_epoch": result.metrics["best_epoch"], "images_per_s": history["images_per_s"].mean()}
+
+
+def pairwise_delong(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]],
+                    findings: Sequence[str]) -> pd.DataFrame:
+    """DeLong's test per finding for every pair of arms within each group, with Benjamini-Hochberg q values."""
+    rows = []
+    for model, names in groups.items():
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for finding in findings:
+                    counted = truth[finding].notna().to_numpy()
+                    test = delong_test(truth[finding][counted], scores[a][score_column(finding)][counted],
+                                       scores[b][score_column(finding)][counted])
+                    rows.append({"model": model, "A": a, "B": b, "finding": finding, "AUROC A": test.auc_a,
+                                 "AUROC B": test.auc_b, "A - B": test.auc_a - test.auc_b, "z": test.z, "p": test.p})
+    table = pd.DataFrame(rows)
+    table["q (BH)"] = false_discovery_control(table["p"].to_numpy(), method="bh")
+    table["pair"] = table["A"] + " vs " + table["B"]
+    return table
+
+
+def delong_cells(delong: pd.DataFrame) -> pd.DataFrame:
+    """Pair x finding table of "difference (p, q)" texts, pairs in the order of `pairwise_delong`."""
+    text = [f"{d:+.3f} (p {p:.3f}, q {q:.3f})" for d, p, q in zip(delong["A - B"], delong["p"], delong["q (BH)"],
+                                                                   strict=True)]
+    cells = delong.assign(text=text).pivot(index="pair", columns="finding", values="text")
+    return cells.reindex(delong["pair"].unique())
+
+
+def worse_arm(delong: pd.DataFrame) -> pd.Series:
+    """The arm with the lower AUROC in each row of a DeLong table ("" where the two are equal)."""
+    worse = delong["A"].where(delong["A - B"] < 0, delong["B"])
+    return worse.where(delong["A - B"] != 0, "")
+
+
+def within_pairs(matrix: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> pd.Series:
+    """The entries of a model x model matrix for every pair within a group, indexed "A vs B"."""
+    return pd.Series({f"{a} vs {b}": matrix.loc[a, b] for names in groups.values()
+                      for i, a in enumerate(names) for b in names[i + 1:]}, dtype=float)
+
+
+def youden_thresholds(valid: pd.DataFrame, findings: Sequence[str]) -> pd.Series:
+    """Per-finding Youden thresholds chosen on a validation predictions table (NaN where a finding has one label)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a finding without a validation positive: no threshold
+        return thresholds(valid[list(findings)], valid[[score_column(f) for f in findings]].to_numpy(), "youden",
+                          names=list(findings))
+
+
+def threshold_tables(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], findings: Sequence[str],
+                     cuts: float | Mapping[str, pd.Series]) -> dict[str, pd.DataFrame]:
+    """Each arm's per-finding precision, recall and F1 at one threshold for all, or at the arm's own thresholds."""
+    columns = [score_column(f) for f in findings]
+    return {name: precision_recall_f1(truth[list(findings)], table[columns].to_numpy(),
+                                      cuts if isinstance(cuts, float | int) else cuts[name], names=list(findings))
+            for name, table in scores.items()}
+
+
+def f1_by_arm(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Arm x finding F1 of `threshold_tables`, with the arm's mean over the findings as a last column, "macro F1"."""
+    f1 = pd.DataFrame({name: table["f1"] for name, table in tables.items()}).T
+    return f1.assign(**{"macro F1": f1.mean(axis=1)})
+
+
+def gradient_steps(result: Result) -> int:
+    """Optimizer steps a run took: its epochs times its batches of training images per epoch."""
+    batches = math.ceil(result.metrics["images"]["train"] / result.config["preset"]["batch_size"])
+    return len(result.history) * batches

@@ -1,0 +1,92 @@
+"""Grad-CAM localisation on the synthetic sites: the drawn sign's mask against a class activation map.
+
+The synthetic sites (`data_prep.synth`) record where each sign was drawn: `_synth/<site>_signs.csv` lists the signs
+of each image, `_synth/masks/<image path>.png` holds the sign id of every pixel in its red channel (as
+`data_prep.synth.gallery` reads it). A map is scored by the share of its energy inside the drawn sign
+(`cxrcore.cam.energy_inside`), against the sign's share of the image, and by the pointing game.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cxrcore.cam import energy_inside, overlay, pointing_game
+from data_prep.synth.signs import SIGN_IDS
+
+SYNTH_DIR = "_synth"
+
+
+def has_sign_masks(data_root: str | Path) -> bool:
+    """True when the data root is a synthetic site with its drawn-sign tables and masks."""
+    return (Path(data_root) / SYNTH_DIR).is_dir()
+
+
+def drawn_sign_paths(data_root: str | Path, site: str, sign: str, paths: Iterable[str], limit: int) -> list[str]:
+    """The first `limit` of `paths` (in their order) with the sign drawn, from `_synth/<site>_signs.csv`."""
+    signs = pd.read_csv(Path(data_root) / SYNTH_DIR / f"{site}_signs.csv")
+    drawn = set(signs.loc[(signs["sign"] == sign) & (signs["drawn"] == 1), "path"])
+    return [path for path in paths if path in drawn][:limit]
+
+
+def mask_file(data_root: str | Path, path: str) -> Path:
+    """The mask PNG of an image path: `_synth/masks/<path>.png`."""
+    return Path(data_root) / SYNTH_DIR / "masks" / Path(path).with_suffix(".png")
+
+
+def sign_mask(data_root: str | Path, path: str, side: int, sign: str) -> np.ndarray:
+    """Boolean (side, side) mask of the sign's drawn pixels, resized like the model's square input (nearest)."""
+    ids = Image.open(mask_file(data_root, path)).getchannel(0)
+    return np.asarray(ids.resize((side, side), Image.Resampling.NEAREST)) == SIGN_IDS[sign]
+
+
+def sign_masks(data_root: str | Path, paths: Sequence[str], sign: str, side: int) -> list[np.ndarray]:
+    """`sign_mask` of every path at one side (`functools.partial` of the first three: masks for a side)."""
+    return [sign_mask(data_root, path, side, sign) for path in paths]
+
+
+def localisation_row(maps: np.ndarray, masks: Sequence[np.ndarray], region: str = "effusion") -> dict[str, float]:
+    """One arm's scores over images: mean energy inside (all-zero maps left out), area share, pointing game."""
+    energy = np.array([energy_inside(m, k) for m, k in zip(maps, masks, strict=True)])  # NaN: an all-zero map
+    return {f"energy inside the {region}": np.nanmean(energy) if np.isfinite(energy).any() else np.nan,
+            f"{region}'s share of the image": float(np.mean([k.mean() for k in masks])),
+            "peak inside (pointing game)": float(np.mean([pointing_game(m, k)
+                                                          for m, k in zip(maps, masks, strict=True)])),
+            "all-zero maps": int(np.isnan(energy).sum())}
+
+
+def localisation_table(maps: dict[str, np.ndarray], masks_for_side: Callable[[int], list[np.ndarray]],
+                       region: str = "effusion") -> pd.DataFrame:
+    """Arm x score table of `localisation_row`, plus energy / area; each arm's masks at its maps' side."""
+    masks = {side: masks_for_side(side) for side in dict.fromkeys(m.shape[-1] for m in maps.values())}
+    table = pd.DataFrame.from_dict({name: localisation_row(m, masks[m.shape[-1]], region)
+                                    for name, m in maps.items()}, orient="index")
+    table["energy / area"] = table[f"energy inside the {region}"] / table[f"{region}'s share of the image"]
+    return table.astype({"all-zero maps": int})
+
+
+def cam_grid(images: np.ndarray | torch.Tensor, maps: dict[str, np.ndarray], masks: Sequence[np.ndarray], title: str,
+             rows: int = 3) -> Figure:
+    """Figure: the first `rows` grey images (the drawn sign outlined when masks are given), each arm's overlay."""
+    columns = ["image (drawn effusion)", *maps]
+    figure, axes = plt.subplots(rows, len(columns), figsize=(1.55 * len(columns), 1.75 * rows), squeeze=False)
+    for row in range(rows):
+        axes[row, 0].imshow(images[row], cmap="gray")
+        if len(masks):
+            axes[row, 0].contour(masks[row], levels=[0.5], colors="yellow", linewidths=0.8)
+        for col, name in enumerate(maps, start=1):
+            axes[row, col].imshow(overlay(images[row], maps[name][row]))
+        for ax, heading in zip(axes[row], columns, strict=True):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(heading, fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,118 @@
+"""The chapters' statistics tables (cxrcore.experiments.tables): pairwise DeLong with BH q values, thresholds, F1."""
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxrcore.experiments.tables import (
+    delong_cells,
+    f1_by_arm,
+    gradient_steps,
+    pairwise_delong,
+    threshold_tables,
+    within_pairs,
+    worse_arm,
+    youden_thresholds,
+)
+from cxrcore.metrics import score_column
+
+FINDINGS = ["Cardiomegaly", "Edema"]
+
+
+def predictions_of(scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A predictions table: one score column per finding."""
+    return pd.DataFrame({score_column(f): s for f, s in scores.items()})
+
+
+@pytest.fixture
+def arms() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """60 images, labels with one unlabelled image; a near-perfect arm, a noisy one and a random one."""
+    rng = np.random.default_rng(0)
+    truth = pd.DataFrame({f: rng.integers(0, 2, 60).astype(float) for f in FINDINGS})
+    truth.loc[3, "Edema"] = np.nan  # uncounted: no label
+    labels = truth.fillna(0).to_numpy()
+    scores = {"good": predictions_of({f: labels[:, k] + 0.1 * rng.random(60) for k, f in enumerate(FINDINGS)}),
+              "noisy": predictions_of({f: labels[:, k] + 1.5 * rng.random(60) for k, f in enumerate(FINDINGS)}),
+              "random": predictions_of({f: rng.random(60) for f in FINDINGS}),
+              "other": predictions_of({f: rng.random(60) for f in FINDINGS})}
+    return truth, scores
+
+
+def test_pairwise_delong_pairs_directions_and_bh(arms) -> None:
+    truth, scores = arms
+    groups = {"net": ["good", "noisy", "random"], "solo": ["other"]}  # a group of one arm has no pair
+    table = pairwise_delong(truth, scores, groups, FINDINGS)
+    assert list(table.columns) == ["model", "A", "B", "finding", "AUROC A", "AUROC B", "A - B", "z", "p", "q (BH)",
+                                   "pair"]
+    assert list(zip(table["A"], table["B"], strict=True))[::2] == [("good", "noisy"), ("good", "random"),
+                                                                   ("noisy", "random")]
+    assert set(table["model"]) == {"net"} and list(table["finding"][:2]) == FINDINGS
+    edema = truth["Edema"].notna()
+    row = table[(table["pair"] == "good vs random") & (table["finding"] == "Edema")].iloc[0]
+    assert row["AUROC A"] == pytest.approx(roc_auc_score(truth["Edema"][edema],
+                                                         scores["good"][score_column("Edema")][edema]))
+    assert row["AUROC A"] == pytest.approx(1.0) and row["A - B"] > 0.3 and row["z"] > 0 and row["p"] < 0.001
+    assert (table.loc[table["A"] == "good", "A - B"] > 0).all()  # the near-perfect arm is A: positive differences
+    assert (table["q (BH)"] >= table["p"] - 1e-12).all() and (table["q (BH)"] <= 1).all()
+    by_p = table.sort_values("p")
+    assert by_p["q (BH)"].is_monotonic_increasing  # BH keeps the order of the p values
+    smallest = table["p"].idxmin()
+    assert table.loc[smallest, "q (BH)"] == pytest.approx(table.loc[smallest, "p"] * len(table))
+
+
+def test_delong_cells_and_worse_arm(arms) -> None:
+    truth, scores = arms
+    table = pairwise_delong(truth, scores, {"net": ["random", "good"]}, FINDINGS)
+    cells = delong_cells(table)
+    assert list(cells.index) == ["random vs good"] and list(cells.columns) == FINDINGS
+    assert cells.loc["random vs good", "Edema"].startswith("-0.")  # random minus good: negative
+    assert list(worse_arm(table)) == ["random", "random"]
+    ties = pd.DataFrame({"A": ["x", "y", "z"], "B": ["u", "v", "w"], "A - B": [0.1, -0.2, 0.0]})
+    assert list(worse_arm(ties)) == ["u", "y", ""]
+    assert worse_arm(table.iloc[:0]).empty
+
+
+def test_within_pairs_reads_only_pairs_inside_a_group() -> None:
+    names = ["a1", "a2", "a3", "b1", "b2"]
+    matrix = pd.DataFrame(np.arange(25.0).reshape(5, 5), index=names, columns=names)
+    pairs = within_pairs(matrix, {"a": ["a1", "a2", "a3"], "b": ["b1", "b2"]})
+    assert pairs.to_dict() == {"a1 vs a2": 1.0, "a1 vs a3": 2.0, "a2 vs a3": 7.0, "b1 vs b2": 19.0}
+
+
+def test_youden_thresholds_on_validation_without_warning() -> None:
+    valid = pd.DataFrame({"Cardiomegaly": [0, 0, 0, 1, 1, 1], "Edema": [0, 0, 0, 0, 0, 0]})
+    valid[score_column("Cardiomegaly")] = [0.1, 0.2, 0.3, 0.6, 0.7, 0.8]
+    valid[score_column("Edema")] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one-label finding's warning is silenced
+        cuts = youden_thresholds(valid, FINDINGS)
+    assert list(cuts.index) == FINDINGS and np.isnan(cuts["Edema"])
+    assert 0.3 < cuts["Cardiomegaly"] <= 0.6
+
+
+def test_threshold_tables_and_macro_f1() -> None:
+    truth = pd.DataFrame({"Cardiomegaly": [0.0, 0.0, 1.0, 1.0], "Edema": [0.0, 1.0, 0.0, 1.0]})
+    low = predictions_of({"Cardiomegaly": [0.1, 0.2, 0.3, 0.4], "Edema": [0.1, 0.9, 0.1, 0.9]})
+    scores = {"low": low, "same": low.copy()}
+    at_half = threshold_tables(truth, scores, FINDINGS, 0.5)
+    assert list(at_half) == ["low", "same"]
+    assert at_half["low"].loc["Cardiomegaly", "recall"] == 0  # every score below 0.5: no positive predicted
+    assert at_half["low"].loc["Edema", "f1"] == 1
+    chosen = threshold_tables(truth, scores, FINDINGS, {"low": pd.Series({"Cardiomegaly": 0.25, "Edema": 0.5}),
+                                                        "same": pd.Series({"Cardiomegaly": 0.15, "Edema": 0.5})})
+    assert chosen["low"].loc["Cardiomegaly", "f1"] == 1
+    assert chosen["same"].loc["Cardiomegaly", "precision"] == pytest.approx(2 / 3)
+    f1 = f1_by_arm(chosen)
+    assert list(f1.columns) == [*FINDINGS, "macro F1"] and list(f1.index) == ["low", "same"]
+    assert f1.loc["low", "macro F1"] == 1 and f1.loc["same", "macro F1"] == pytest.approx((0.8 + 1) / 2)
+
+
+def test_gradient_steps_counts_batches_per_epoch() -> None:
+    result = SimpleNamespace(history=pd.DataFrame({"epoch": [1, 2, 3]}), metrics={"images": {"train": 10}},
+                             config={"preset": {"batch_size": 4}})
+    assert gradient_steps(result) == 9  # 3 epochs of 3 batches (the last one partial)

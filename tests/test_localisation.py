@@ -1,0 +1,97 @@
+"""Grad-CAM localisation on the synthetic sites (cxrcore.experiments.localisation): masks in write.py's layout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxrcore.experiments.localisation import (
+    cam_grid,
+    drawn_sign_paths,
+    has_sign_masks,
+    localisation_table,
+    mask_file,
+    sign_mask,
+    sign_masks,
+)
+from data_prep.synth.signs import SIGN_IDS
+
+matplotlib.use("Agg")
+PATH = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+
+
+def write_mask(root: Path, path: str, ids: np.ndarray) -> None:
+    """The mask PNG as data_prep.synth.write saves it: red = sign id, green = anatomy bits, blue = 0."""
+    anatomy = np.full_like(ids, 3)  # lungs and thorax everywhere: must not count as a sign
+    file = root / "_synth" / "masks" / Path(path).with_suffix(".png")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.stack([ids, anatomy, np.zeros_like(ids)], axis=-1)).save(file)
+
+
+def test_drawn_sign_paths_keeps_order_and_limit(tmp_path: Path) -> None:
+    assert not has_sign_masks(tmp_path)
+    (tmp_path / "_synth").mkdir()
+    signs = pd.DataFrame({"path": ["a", "b", "c", "d", "e"], "drawn": [1, 0, 1, 1, 1],
+                          "sign": ["effusion", "effusion", "effusion", "opacity", "effusion"]})
+    signs.to_csv(tmp_path / "_synth" / "chexpert_signs.csv", index=False)
+    assert has_sign_masks(tmp_path)
+    assert drawn_sign_paths(tmp_path, "chexpert", "effusion", ["e", "d", "c", "b", "a"], 10) == ["e", "c", "a"]
+    assert drawn_sign_paths(tmp_path, "chexpert", "effusion", pd.Series(["e", "d", "c", "b", "a"]), 2) == ["e", "c"]
+
+
+def test_sign_mask_reads_the_red_channel_resized(tmp_path: Path) -> None:
+    ids = np.zeros((40, 40), dtype=np.uint8)
+    ids[20:, :20] = SIGN_IDS["effusion"]  # bottom-left quarter
+    ids[:10, 30:] = SIGN_IDS["opacity"]
+    write_mask(tmp_path, PATH, ids)
+    assert mask_file(tmp_path, PATH) == tmp_path / "_synth/masks" / PATH.replace(".jpg", ".png")
+    mask = sign_mask(tmp_path, PATH, 8, "effusion")
+    assert mask.shape == (8, 8) and mask.dtype == bool
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[4:, :4] = True
+    np.testing.assert_array_equal(mask, expected)
+    assert sign_mask(tmp_path, PATH, 40, "opacity").sum() == 100
+    assert len(sign_masks(tmp_path, [PATH, PATH], "effusion", 4)) == 2
+
+
+def test_localisation_table_scores_maps_at_their_own_side() -> None:
+    def masks_for_side(side: int) -> list[np.ndarray]:
+        calls.append(side)
+        mask = np.zeros((side, side), dtype=bool)
+        mask[: side // 2, : side // 2] = True  # a quarter of the image
+        return [mask, mask]
+
+    calls = []
+    inside = np.zeros((2, 4, 4))
+    inside[:, 0, 0] = 1.0  # all energy inside, peak inside
+    flat = np.ones((2, 4, 4))  # ignores the region: energy share = area share, no peak
+    half = np.zeros((2, 8, 8))
+    half[0, 0, 0], half[0, 7, 7] = 1.0, 3.0  # a quarter of the energy inside, peak outside
+    maps = {"inside": inside, "flat": flat, "mixed": half}  # the second map of "mixed" is all zero
+    table = localisation_table(maps, masks_for_side)
+    assert sorted(calls) == [4, 8]  # one call per side
+    assert list(table.index) == ["inside", "flat", "mixed"]
+    assert list(table.columns) == ["energy inside the effusion", "effusion's share of the image",
+                                   "peak inside (pointing game)", "all-zero maps", "energy / area"]
+    assert table["energy inside the effusion"].tolist() == pytest.approx([1.0, 0.25, 0.25])
+    assert table["effusion's share of the image"].tolist() == pytest.approx([0.25, 0.25, 0.25])
+    assert table["energy / area"].tolist() == pytest.approx([4.0, 1.0, 1.0])
+    assert table["peak inside (pointing game)"].tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert table["all-zero maps"].tolist() == [0, 0, 1] and table["all-zero maps"].dtype == int
+    zero = localisation_table({"zero": np.zeros((2, 4, 4))}, masks_for_side, region="drain")
+    assert np.isnan(zero.loc["zero", "energy inside the drain"]) and zero.loc["zero", "all-zero maps"] == 2
+
+
+def test_cam_grid_draws_the_image_and_one_column_per_arm() -> None:
+    images = np.random.default_rng(0).random((3, 8, 8))
+    maps = {"A": np.zeros((3, 8, 8)), "B": np.ones((3, 8, 8)) / 2}
+    masks = [np.eye(8, dtype=bool)] * 3
+    figure = cam_grid(images, maps, masks, "title", rows=2)
+    assert len(figure.axes) == 2 * 3
+    assert [ax.get_title() for ax in figure.axes[:3]] == ["image (drawn effusion)", "A", "B"]
+    assert figure.axes[3].get_title() == "" and figure.texts[0].get_text() == "title"
+    matplotlib.pyplot.close(figure)
