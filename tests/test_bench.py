@@ -15,7 +15,9 @@ def test_bench_measures_pipeline_and_model_on_cpu(tmp_path: Path) -> None:
     assert row["device"].startswith("CPU") and row["arch"] == "resnet18" and row["size"] == 32
     assert row["data"] == "6 generated 320 px PNGs"  # the empty folder holds no images: 2 x (1 + 2 warm-up) made
     assert row["pipeline_img_s"] > 0 and row["model_img_s"] > 0
-    assert row["ratio"] == pytest.approx(row["pipeline_img_s"] / row["model_img_s"], rel=0.02)
+    # images/s are rounded to 0.1 and the ratio to 0.001: they agree within that rounding, however slow the CPU
+    assert abs(row["ratio"] * row["model_img_s"] - row["pipeline_img_s"]) <= 0.05 * (1 + row["ratio"]) + \
+        0.0005 * row["model_img_s"] + 1e-9
 
 
 def test_bench_with_the_decode_cache_and_contiguous_layout(tmp_path: Path) -> None:
