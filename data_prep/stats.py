@@ -133,6 +133,17 @@ def cooccurrence(table: pd.DataFrame, findings: Sequence[str], conditional: bool
         return counts.div(np.where(diagonal > 0, diagonal, np.nan), axis=0)
 
 
+def overview(table: pd.DataFrame) -> dict:
+    """Size and demographics of one common-form table: images, patients, studies, views, sex, projection, age."""
+    per_patient = table.groupby("patient_id").size()
+    frontal = table["view"] == "frontal"
+    return {"images": len(table), "patients": table["patient_id"].nunique(), "studies": table["study_id"].nunique(),
+            "images per patient (mean)": per_patient.mean(), "images per patient (max)": per_patient.max(),
+            "frontal %": 100 * frontal.mean(), "male %": 100 * (table["sex"] == "M").mean(),
+            "AP % of frontal": 100 * (table.loc[frontal, "projection"] == "AP").mean(),
+            "age mean": table["age"].mean(), "age std": table["age"].std()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m data_prep stats`."""
     parser.add_argument("site", choices=("chexpert", "nih"), help="which real metadata table")

@@ -20,6 +20,7 @@ from data_prep.stats import (
     demographics,
     label_counts,
     nih_common,
+    overview,
 )
 from data_prep.stats import main as stats_main
 
@@ -97,6 +98,16 @@ def test_policies_change_positive_after_policy(chexpert_all):
     assert ones.loc["Atelectasis", "positive_after_policy"] > 2 * zeros.loc["Atelectasis", "positive_after_policy"]
     with pytest.raises(ValueError, match="policy"):
         label_counts(table, CHEXPERT_FINDINGS, "u-twos")
+
+
+def test_overview_counts_the_real_table(chexpert, chexpert_all):
+    summary = overview(chexpert_all)
+    parts = chexpert["Path"].str.split("/", n=4, expand=True)
+    assert summary["images"] == len(chexpert) and summary["patients"] == parts[2].nunique()
+    assert summary["frontal %"] == pytest.approx(100 * (chexpert["Frontal/Lateral"] == "Frontal").mean())
+    frontal = chexpert[chexpert["Frontal/Lateral"] == "Frontal"]
+    assert summary["AP % of frontal"] == pytest.approx(100 * (frontal["AP/PA"] == "AP").mean())
+    assert summary["images per patient (max)"] == parts[2].value_counts().max()
 
 
 def test_chexpert_frontal_view_and_demographics(chexpert, chexpert_all):
