@@ -61,9 +61,8 @@ notebooks-test: venv data runs  ## execute every chapter with nbmake
 
 test: venv vendor data lint  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
 	$(TIMED) pytest $(BIN)/pytest
-	@$(MAKE) --no-print-directory runs
-	@# both only read the runs, and a chapter's kernel mostly keeps one core busy: the two side by side
-	@$(MAKE) --no-print-directory -j2 --output-sync=target notebooks-test book
+	@$(MAKE) --no-print-directory notebooks-test
+	@$(MAKE) --no-print-directory book
 
 lab:  ## JupyterLab in the venv (installs the lab extra)
 	$(MAKE) venv EXTRAS=book,test,lab

@@ -128,7 +128,7 @@ def _file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-_NOT_IN_RUN_KEY = {"plots.py", "cam.py", "bench.py", "cli.py", "__main__.py"}  # configs say it all
+_NOT_IN_RUN_KEY = {"plots.py", "cam.py", "bench.py", "cli.py", "__main__.py", "layers.py"}  # configs say it all
 
 
 def code_hash() -> str:
