@@ -71,6 +71,13 @@ def test_resnet_depths(arch, blocks, depth):
     assert _weighted_layers(model) == depth
 
 
+def test_bottleneck_resnets_start_each_residual_branch_at_zero():
+    deep, shallow = build_model("resnet50", K), build_model("resnet18", K)
+    last_norms = [block.bn3.weight for layer in range(1, 5) for block in getattr(deep.backbone, f"layer{layer}")]
+    assert len(last_norms) == 16 and all(torch.count_nonzero(w) == 0 for w in last_norms)
+    assert all(torch.all(block.bn2.weight == 1) for block in shallow.backbone.layer1)  # torchvision's default
+
+
 def _feature_map_side(model: nn.Module, size: int) -> int:
     captured = {}
 
