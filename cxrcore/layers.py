@@ -15,6 +15,9 @@ from typing import NamedTuple
 
 PACKAGES = ("cxrcore", "data_prep")
 BOTTOM = ("cxrcore.atomic", "cxrcore.findings", "cxrcore.manifest")  # finding names, policies, manifest schema
+# `python -m cxrcore` runs the experiments (`experiment NAME`): an entry point, so it sits in their layer
+ENTRY_POINTS = ("cxrcore.__main__",)
+CHECKER = "cxrcore.layers"  # names modules of every layer as data (this file), not to import them
 LAYERS = ("bottom", "cxrcore engine", "data_prep", "cxrcore.experiments", "chapters")  # index = layer_of(...)
 
 
@@ -31,7 +34,7 @@ def layer_of(module: str) -> int:
     """The module's layer, an index of LAYERS: 0 bottom, 1 engine, 2 data_prep, 3 cxrcore.experiments."""
     if module in BOTTOM:
         return 0
-    if module == "cxrcore.experiments" or module.startswith("cxrcore.experiments."):
+    if module in ENTRY_POINTS or module == "cxrcore.experiments" or module.startswith("cxrcore.experiments."):
         return 3
     package = module.partition(".")[0]
     if package not in PACKAGES:
@@ -48,12 +51,17 @@ def modules(root: Path) -> dict[str, Path]:
     return found
 
 
-def imported_modules(tree: ast.AST, module: str, package: bool, names: Iterable[str]) -> list[tuple[int, str]]:
-    """(line, project module) of each import in `tree`, function bodies and relative imports included."""
+def imported_modules(tree: ast.AST, module: str, package: bool, names: Iterable[str],
+                     by_name: bool = True) -> list[tuple[int, str]]:
+    """(line, project module) of each import in `tree`, function bodies and relative imports included, and each
+    string that is exactly a project module's name (a module imported by name through importlib, as cli.dispatch
+    does)."""
     names, found = set(names), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
+        elif by_name and isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+            targets = [node.value]
         elif isinstance(node, ast.ImportFrom):
             here = module.split(".") if package else module.split(".")[:-1]  # `from .x`: x in this package
             anchor = here[: len(here) - node.level + 1]
@@ -77,7 +85,7 @@ def imports(root: Path) -> list[Import]:
         tree = ast.parse(path.read_text(), str(path))
         is_package = path.name == "__init__.py"
         found += [Import(str(path.relative_to(root)), line, module, target)
-                  for line, target in imported_modules(tree, module, is_package, names)]
+                  for line, target in imported_modules(tree, module, is_package, names, by_name=module != CHECKER)]
     return found
 
 
@@ -133,7 +141,10 @@ def chapter_imports(root: Path, names: Iterable[str]) -> set[str]:
 
 
 def short(module: str, packages: Iterable[str]) -> str:
-    """The module's name in its layer's package: `manifests`, `__init__`, or `synth.*` for a subpackage's modules."""
+    """The module's name in its layer's package: `manifests`, `__init__`, `synth.*` for a subpackage's modules; an
+    entry point's full name."""
+    if module in ENTRY_POINTS:
+        return module
     outer = next(p for p in ("cxrcore.experiments", *PACKAGES) if module == p or module.startswith(p + "."))
     name = module.removeprefix(outer).removeprefix(".") or "__init__"
     return name.split(".")[0] + ".*" if "." in name or f"{outer}.{name}" in packages else name

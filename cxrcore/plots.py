@@ -1,6 +1,6 @@
-"""Small plotting helpers for the data chapter: prevalence, label values, co-occurrence, demographics, scores.
+"""Plotting helpers for the chapters: prevalence, label values, co-occurrence, demographics, scores, CAM grids.
 
-Each function draws on `ax` (a new figure when None), titles and labels it, and returns the Axes. Inputs are the
+Each Axes function draws on `ax` (a new figure when None), titles and labels it, and returns the Axes. Inputs are the
 tables of data_prep.stats / data_prep.labeler_eval / cxrcore.metrics, so the figures show exactly what the tables
 hold. Nothing is read or written here.
 """
@@ -12,8 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from cxrcore.cam import overlay
 
 LABEL_VALUES = ("positive", "uncertain", "negative", "not_mentioned")
 LABEL_COLOURS = {"positive": "#c0392b", "uncertain": "#f39c12", "negative": "#2e86c1", "not_mentioned": "#d5d8dc"}
@@ -227,3 +230,24 @@ def size_sweep(table: pd.DataFrame, axes: Sequence[Axes], *, title: str = "Train
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
     return axes
+
+
+def cam_grid(images: np.ndarray | torch.Tensor, maps: Mapping[str, np.ndarray], masks: Sequence[np.ndarray],
+             title: str, rows: int = 3, image_title: str = "image") -> Figure:
+    """Figure: the first `rows` grey images (a region outlined when masks are given), then each model's CAM overlay."""
+    columns = [image_title, *maps]
+    figure, axes = plt.subplots(rows, len(columns), figsize=(1.55 * len(columns), 1.75 * rows), squeeze=False)
+    for row in range(rows):
+        axes[row, 0].imshow(images[row], cmap="gray")
+        if len(masks):
+            axes[row, 0].contour(masks[row], levels=[0.5], colors="yellow", linewidths=0.8)
+        for col, name in enumerate(maps, start=1):
+            axes[row, col].imshow(overlay(images[row], maps[name][row]))
+        for ax, heading in zip(axes[row], columns, strict=True):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(heading, fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -24,6 +24,7 @@ def test_layer_of() -> None:
     modules = ("cxrcore.findings", "cxrcore.runner", "cxrcore", "data_prep.synth.write")
     assert [layer_of(m) for m in modules] == [0, 1, 1, 2]
     assert layer_of("cxrcore.experiments") == layer_of("cxrcore.experiments.transfer") == 3
+    assert layer_of("cxrcore.__main__") == 3  # `python -m cxrcore experiment NAME` runs the experiments
 
 
 def test_no_module_imports_a_higher_layer() -> None:
@@ -57,6 +58,19 @@ def test_checker_catches_violations_and_cycles(tmp_path: Path) -> None:
     ]
     assert import_graph(root)["cxrcore.models"] == {"cxrcore.experiments.run", "cxrcore.metrics"}
     assert ["cxrcore.experiments.run", "cxrcore.models", "cxrcore.experiments.run"] in cycles(import_graph(root))
+
+
+def test_modules_imported_by_name_count_as_imports(tmp_path: Path) -> None:
+    """A module named in a string (for importlib, as cli.dispatch imports commands) is an import like any other."""
+    root = write_tree(tmp_path, {
+        "cxrcore/cli.py": "COMMANDS = {'experiment': ('cxrcore.experiments.run', 'help')}\n",
+        "cxrcore/__main__.py": "COMMANDS = {'experiment': ('cxrcore.experiments.run', 'help')}\n",
+        "cxrcore/experiments/run.py": "'''Named in a docstring: cxrcore.cli'''\nNAME = 'cxrcore'\n",
+    })
+    assert violations(imports(root)) == [
+        "cxrcore/cli.py:1: cxrcore.cli (cxrcore engine) imports cxrcore.experiments.run (cxrcore.experiments), "
+        "a higher layer",
+    ]
 
 
 def test_drawing_arrows_point_down() -> None:

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from cxrcore.experiments.localisation import (
-    cam_grid,
     drawn_sign_paths,
     has_sign_masks,
     localisation_table,
@@ -84,14 +83,3 @@ def test_localisation_table_scores_maps_at_their_own_side() -> None:
     assert table["all-zero maps"].tolist() == [0, 0, 1] and table["all-zero maps"].dtype == int
     zero = localisation_table({"zero": np.zeros((2, 4, 4))}, masks_for_side, region="drain")
     assert np.isnan(zero.loc["zero", "energy inside the drain"]) and zero.loc["zero", "all-zero maps"] == 2
-
-
-def test_cam_grid_draws_the_image_and_one_column_per_arm() -> None:
-    images = np.random.default_rng(0).random((3, 8, 8))
-    maps = {"A": np.zeros((3, 8, 8)), "B": np.ones((3, 8, 8)) / 2}
-    masks = [np.eye(8, dtype=bool)] * 3
-    figure = cam_grid(images, maps, masks, "title", rows=2)
-    assert len(figure.axes) == 2 * 3
-    assert [ax.get_title() for ax in figure.axes[:3]] == ["image (drawn effusion)", "A", "B"]
-    assert figure.axes[3].get_title() == "" and figure.texts[0].get_text() == "title"
-    matplotlib.pyplot.close(figure)

@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
-from cxrcore.cam import energy_inside, overlay, pointing_game
+from cxrcore.cam import energy_inside, pointing_game
 from data_prep.synth.signs import SIGN_IDS
 
 SYNTH_DIR = "_synth"
@@ -69,24 +66,3 @@ def localisation_table(maps: dict[str, np.ndarray], masks_for_side: Callable[[in
                                     for name, m in maps.items()}, orient="index")
     table["energy / area"] = table[f"energy inside the {region}"] / table[f"{region}'s share of the image"]
     return table.astype({"all-zero maps": int})
-
-
-def cam_grid(images: np.ndarray | torch.Tensor, maps: dict[str, np.ndarray], masks: Sequence[np.ndarray], title: str,
-             rows: int = 3) -> Figure:
-    """Figure: the first `rows` grey images (the drawn sign outlined when masks are given), each arm's overlay."""
-    columns = ["image (drawn effusion)", *maps]
-    figure, axes = plt.subplots(rows, len(columns), figsize=(1.55 * len(columns), 1.75 * rows), squeeze=False)
-    for row in range(rows):
-        axes[row, 0].imshow(images[row], cmap="gray")
-        if len(masks):
-            axes[row, 0].contour(masks[row], levels=[0.5], colors="yellow", linewidths=0.8)
-        for col, name in enumerate(maps, start=1):
-            axes[row, col].imshow(overlay(images[row], maps[name][row]))
-        for ax, heading in zip(axes[row], columns, strict=True):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(heading, fontsize=7)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
