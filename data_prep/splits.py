@@ -72,3 +72,36 @@ def kfold_patient_resampling(
     named = dict(zip(("train", "valid", "test"), fractions, strict=True))
     folds = {f"split_{k}": split_patients(df, named, fold_seed(seed, k)).to_numpy() for k in range(n_folds)}
     return pd.DataFrame(folds, index=df.index)
+
+
+VIEW_ARMS = ("frontal+lateral", "frontal, same count", "frontal, fewer")  # paper 002 §5.2.1
+
+
+def view_arms(table: pd.DataFrame, n_images: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Paper 002's lateral-view training sets from one manifest's train split, whole patients in one seeded order:
+
+    - "frontal+lateral": every view of the first patients, up to n_images images;
+    - "frontal, same count": frontal images only, patients in the same order, up to as many images (the laterals
+      replaced by the frontal images of further patients; whole patients, so a few fewer at most);
+    - "frontal, fewer": the frontal images of the "frontal+lateral" patients.
+
+    Each arm is the table without the train images it does not use (valid and test rows are all kept)."""
+    missing = [c for c in ("patient_id", "view", "split") if c not in table.columns]
+    if missing:
+        raise ValueError(f"view_arms needs the manifest columns {missing}")
+    train = table[table["split"] == "train"]
+    if not (train["view"] == "lateral").any():
+        raise ValueError("the train split has no lateral images: the view arms would all be the same")
+    patients = np.sort(train["patient_id"].astype(str).unique())
+    order = patients[np.random.default_rng(seed).permutation(len(patients))]
+    frontal = train[train["view"] == "frontal"]
+
+    def first_patients(rows: pd.DataFrame, limit: int) -> pd.Index:
+        per_patient = rows.groupby(rows["patient_id"].astype(str)).size().reindex(order).dropna()
+        keep = per_patient.index[per_patient.cumsum() <= limit]
+        return rows.index[rows["patient_id"].astype(str).isin(keep)]
+
+    both = first_patients(train, n_images)
+    chosen = {"frontal+lateral": both, "frontal, same count": first_patients(frontal, len(both)),
+              "frontal, fewer": frontal.index.intersection(both)}
+    return {name: table.drop(index=train.index.difference(rows)) for name, rows in chosen.items()}

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrcore.findings import CHEXPERT_FINDINGS, NIH_FINDINGS, harmonize, source_values
+from cxrcore.findings import CHEXPERT_FINDINGS, NIH_FINDINGS, apply_policy, harmonize, source_values
 from data_prep.reference import chexpert_table, nih_table
 from data_prep.tables import chexpert_rows, nih_rows
 
@@ -163,3 +163,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.site} ({args.views} views): {len(table):,} images")
         print(result.to_string(index=False))
     return 0
+
+
+def policy_shares(table: pd.DataFrame, findings: Sequence[str]) -> pd.DataFrame:
+    """Per finding: the positive share of the labels each policy counts (u-zeros, u-ignore, u-ones), and the share
+    of images in U-MultiClass's uncertain class."""
+    values = table[list(findings)].to_numpy()
+    shares = {}
+    for policy in ("u-zeros", "u-ignore", "u-ones"):  # uncertain as negative, left out, as positive
+        targets, mask = apply_policy(values, policy, list(findings))
+        shares[policy] = (targets * mask).sum(axis=0) / mask.sum(axis=0)  # positives among counted labels
+    classes, _ = apply_policy(values, "u-multiclass", list(findings))
+    shares["u-multiclass: uncertain class"] = (classes == 2).mean(axis=0)
+    return pd.DataFrame(shares, index=list(findings))

@@ -10,10 +10,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrcore.experiments.tables import (
+    above_chance,
+    best_by_finding,
     delong_cells,
     f1_by_arm,
     gradient_steps,
+    interval,
+    mean_rows,
     pairwise_delong,
+    recipe_table,
+    significant_differences,
     threshold_tables,
     within_pairs,
     worse_arm,
@@ -116,3 +122,52 @@ def test_gradient_steps_counts_batches_per_epoch() -> None:
     result = SimpleNamespace(history=pd.DataFrame({"epoch": [1, 2, 3]}), metrics={"images": {"train": 10}},
                              config={"preset": {"batch_size": 4}})
     assert gradient_steps(result) == 9  # 3 epochs of 3 batches (the last one partial)
+
+
+def test_recipe_table_puts_each_paper_beside_this_run() -> None:
+    """The quick profile's changes show in "this run"; the training images are the runs' own counts, or all."""
+    run = {"manifest": "m.csv", "findings": FINDINGS, "profile": "quick", "overrides": {"epochs": 8}}
+    configs = [{**run, "preset": "paper000", "max_train_images": 600},
+               {**run, "preset": "paper000", "max_train_images": 100},
+               {**run, "preset": "paper003", "max_train_images": None}]
+    table = recipe_table(configs, 2_000)
+    assert list(table.columns.get_level_values(2)) == ["reported", "this run"] * 2
+    paper000 = table.xs("paper000", axis=1, level=0).droplevel(0, axis=1)
+    assert paper000.loc["image_size"].tolist() == ["320", "64"] and paper000.loc["epochs"].tolist() == ["30", "8"]
+    assert paper000.loc["lr"].tolist() == ["0.001", "0.001"]  # the quick profile keeps the paper's rate
+    assert paper000.loc["training images"].tolist() == ["2,000 (all)", "100 or 600"]
+    assert table.xs("paper003", axis=1, level=0).loc["training images"].tolist() == ["2,000 (all)", "2,000"]
+
+
+def test_mean_rows_and_their_sentences() -> None:
+    """Each model's "Mean" row, written as value (interval); a sentence for the intervals clear of chance."""
+    tables = {name: pd.DataFrame({"auroc": [0.7, auroc], "low": [0.6, low], "high": [0.8, high]},
+                                 index=["Edema", "Mean"])
+              for name, (auroc, low, high) in {"A": (0.8, 0.75, 0.85), "B": (0.55, 0.45, 0.65)}.items()}
+    means = mean_rows(tables)
+    assert means.loc["B", "auroc"] == 0.55 and interval(means.loc["A"]) == "0.800 (0.750-0.850)"
+    assert above_chance(means) == "Mean intervals that lie wholly above 0.5 (chance): A."
+    assert above_chance(means.drop("A")) == "No arm's mean interval lies wholly above 0.5 (chance)."
+
+
+def test_significant_differences_name_the_better_arm(arms) -> None:
+    truth, scores = arms
+    delong = pairwise_delong(truth, scores, {"m": ["good", "noisy", "random"]}, FINDINGS)
+    text = significant_differences(delong)
+    assert "good > random on Cardiomegaly (q = " in text  # A is written first, with the sign of A - B
+    assert len(text.split("; ")) == int((delong["q (BH)"] < 0.05).sum())
+    assert significant_differences(delong, q=0.0) == "none"
+
+
+def test_best_by_finding_names_the_winner_and_its_lead() -> None:
+    """Per finding, the arm with the highest AUROC (an arm without a score ranks last) and its lead."""
+    tables = {"u-ones": pd.DataFrame({"auroc": [0.80, 0.70, np.nan, 0.75]}, index=["A", "B", "C", "Mean"]),
+              "u-zeros": pd.DataFrame({"auroc": [0.78, 0.74, np.nan, 0.76]}, index=["A", "B", "C", "Mean"]),
+              "u-ignore": pd.DataFrame({"auroc": [np.nan, 0.60, np.nan, 0.60]}, index=["A", "B", "C", "Mean"])}
+    table = best_by_finding(tables)
+    assert list(table.index) == ["A", "B", "Mean"]  # C: no arm scores it
+    assert table["best"].tolist() == ["u-ones", "u-zeros", "u-zeros"]
+    assert table["lead"].tolist() == pytest.approx([0.02, 0.04, 0.01])
+    with pytest.raises(ValueError, match="compares arms"):
+        best_by_finding({"u-ones": tables["u-ones"]})
+

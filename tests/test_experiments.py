@@ -42,3 +42,26 @@ def test_experiment_command_prints_the_chapter_table(tmp_path: Path, monkeypatch
     chapter = leakage.results(make_settings("quick", root, runs))  # what the data chapter shows
     pd.testing.assert_frame_equal(printed[["train_images", "test_images"]], chapter[["train_images", "test_images"]])
     assert printed["mean_auroc"].round(4).tolist() == chapter["mean_auroc"].round(4).tolist()
+
+
+def test_leakage_counts_test_images_with_a_sibling_in_training(tmp_path: Path) -> None:
+    """Image-wise, a real patient's images land on both sides; patient-wise, never."""
+    root = tmp_path / "data"
+    write_chexpert(root, n_train_patients=12)
+    tables = leakage.split_tables(root)
+    assert leakage.sibling_share(tables["patient-wise"]) == 0.0
+    image_wise = tables["image-wise"]
+    test = image_wise[image_wise["split"] == "test"]
+    expected = test["real_patient"].isin(image_wise.loc[image_wise["split"] == "train", "real_patient"]).mean()
+    assert leakage.sibling_share(image_wise) == expected
+
+
+def row(auroc: float, low: float, high: float) -> pd.Series:
+    """A mean AUROC row with its interval."""
+    return pd.Series({"auroc": auroc, "low": low, "high": high})
+
+
+def test_leakage_verdict_reads_the_intervals() -> None:
+    assert "overlap:" in leakage.verdict(row(0.70, 0.65, 0.75), row(0.72, 0.68, 0.77))
+    assert leakage.verdict(row(0.60, 0.55, 0.65), row(0.80, 0.75, 0.85)).endswith("estimate is higher.")
+    assert leakage.verdict(row(0.80, 0.75, 0.85), row(0.60, 0.55, 0.65)).endswith("estimate is lower.")

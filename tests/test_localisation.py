@@ -12,6 +12,7 @@ from PIL import Image
 from cxrcore.experiments.localisation import (
     drawn_sign_paths,
     has_sign_masks,
+    localisation_summary,
     localisation_table,
     mask_file,
     sign_mask,
@@ -83,3 +84,9 @@ def test_localisation_table_scores_maps_at_their_own_side() -> None:
     assert table["all-zero maps"].tolist() == [0, 0, 1] and table["all-zero maps"].dtype == int
     zero = localisation_table({"zero": np.zeros((2, 4, 4))}, masks_for_side, region="drain")
     assert np.isnan(zero.loc["zero", "energy inside the drain"]) and zero.loc["zero", "all-zero maps"] == 2
+    summary = localisation_summary(table, masks_for_side(4))
+    assert summary.startswith("Over 2 test images with a drawn effusion, the effusion covers 25.0% of the image on "
+                              "average. The arms put between 1.00 and 4.00 times that share of their map's energy "
+                              "inside it; the most focused is inside (4.00 times, peak inside on 100% of the images).")
+    assert summary.endswith("for mixed (1 of 2 images); those maps do not count in the energy column.")
+    assert "all-zero" not in localisation_summary(table.drop("mixed"), masks_for_side(4))

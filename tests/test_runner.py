@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cli import dispatch
+from cxrcore.metrics import score_column
 from cxrcore.models import build_model
 from cxrcore.runner import RunConfig, evaluation_dataset, predict_split, run, run_key
 
@@ -153,3 +154,24 @@ def test_feature_cache_needs_a_frozen_backbone(site):
     root, manifest = site
     with pytest.raises(ValueError, match="feature_cache=True needs freeze_backbone=True"):
         RunConfig.from_dict(_config(root, manifest, feature_cache=True))
+
+
+def test_three_class_head_trains_and_reports_the_positive_probability(site, tmp_path):
+    """Paper 002's U-MultiClass end to end: a 3-logit head with its class-weighted loss trains, the scores are the
+    softmax over (negative, positive) of the saved model, and uncertain labels are not counted."""
+    root, manifest = site
+    result = run(_config(root, manifest, head="multiclass3", policy="u-multiclass", loss_weighting="paper002",
+                         overrides={"image_size": 32, "epochs": 2, "batch_size": 8}), runs_dir=tmp_path / "runs")
+    assert np.isfinite(result.history["loss"]).all() and len(result.history) == 2
+    images = evaluation_dataset(result, "test")
+    net = result.load_model().eval()
+    with torch.no_grad():
+        logits = net(torch.stack([images[i]["image"] for i in range(len(images))]))  # (N, K, 3)
+    assert logits.shape == (len(images), len(FINDINGS), 3)
+    expected = torch.softmax(logits[..., :2], dim=-1)[..., 1].numpy()  # the uncertain logit left out
+    scores = result.predictions[[score_column(f) for f in FINDINGS]].to_numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    source = pd.read_csv(manifest).set_index("path").loc[result.predictions["path"], "Pleural Effusion"]
+    counted = result.predictions["Pleural Effusion"].notna().to_numpy()
+    assert not counted[(source == -1).to_numpy()].any()  # an uncertain label is not scored
+    assert counted[source.isin([0, 1]).to_numpy()].all()

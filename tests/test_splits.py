@@ -7,7 +7,8 @@ import pytest
 from layouts import nih_reference
 
 from cxrcore.manifest import assert_patient_disjoint
-from data_prep.splits import kfold_patient_resampling, nih_official_split, split_patients
+from data_prep.splits import VIEW_ARMS, kfold_patient_resampling, nih_official_split, split_patients, view_arms
+from data_prep.stats import chexpert_raw
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,26 @@ def test_kfold_patient_resampling(nih: pd.DataFrame) -> None:
     assert (folds["split_0"] != folds["split_1"]).mean() > 0.1  # independent re-samples
     pd.testing.assert_frame_equal(folds, kfold_patient_resampling(nih, 5, (0.7, 0.1, 0.2), seed=0))
     assert not np.array_equal(folds.to_numpy(), kfold_patient_resampling(nih, 5, (0.7, 0.1, 0.2), 1).to_numpy())
+
+
+def test_view_arms_replace_laterals_with_frontals_of_further_patients() -> None:
+    """Paper 002's arms on real CheXpert rows: the same patient order, whole patients, valid and test untouched."""
+    real = chexpert_raw("all")
+    table = real[real["patient_id"].isin(real["patient_id"].unique()[:400])].reset_index(drop=True)
+    table["split"] = split_patients(table, {"train": 0.7, "valid": 0.1, "test": 0.2}, seed=0)
+    arms = view_arms(table, n_images=300, seed=0)
+    assert list(arms) == list(VIEW_ARMS)
+    train = {name: arm[arm["split"] == "train"] for name, arm in arms.items()}
+    both, same, fewer = (train[name] for name in VIEW_ARMS)
+    most_per_patient = table.groupby("patient_id").size().max()
+    assert len(both) <= 300 and (both["view"] == "lateral").any()
+    assert set(same["view"]) == set(fewer["view"]) == {"frontal"}
+    assert len(both) - most_per_patient < len(same) <= len(both)  # as many images, up to one patient
+    assert set(fewer.index) == set(both.index[both["view"] == "frontal"]) and len(fewer) < len(both)
+    assert set(both["patient_id"]) < set(same["patient_id"])  # the same first patients, then further ones
+    for arm in arms.values():
+        assert_patient_disjoint(arm)
+        pd.testing.assert_frame_equal(arm[arm["split"] != "train"], table[table["split"] != "train"])
+    assert view_arms(table, 300, seed=0)["frontal, same count"].equals(arms["frontal, same count"])
+    with pytest.raises(ValueError, match="no lateral images"):
+        view_arms(table[table["view"] == "frontal"], 300, seed=0)

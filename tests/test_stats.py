@@ -21,6 +21,7 @@ from data_prep.stats import (
     label_counts,
     nih_common,
     overview,
+    policy_shares,
 )
 from data_prep.stats import main as stats_main
 
@@ -98,6 +99,12 @@ def test_policies_change_positive_after_policy(chexpert_all):
     assert ones.loc["Atelectasis", "positive_after_policy"] > 2 * zeros.loc["Atelectasis", "positive_after_policy"]
     with pytest.raises(ValueError, match="policy"):
         label_counts(table, CHEXPERT_FINDINGS, "u-twos")
+    shares = policy_shares(table, CHEXPERT_FINDINGS)  # the label counts, as shares of what each policy counts
+    n = len(table)
+    assert np.allclose(shares["u-zeros"], zeros["positive"] / n)  # not mentioned counts as negative
+    assert np.allclose(shares["u-ignore"], ignore["positive"] / (n - ignore["uncertain"]))
+    assert np.allclose(shares["u-ones"], ones["positive_after_policy"] / n)
+    assert np.allclose(shares["u-multiclass: uncertain class"], ones["uncertain"] / n)
 
 
 def test_overview_counts_the_real_table(chexpert, chexpert_all):

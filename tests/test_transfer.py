@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from layouts import write_chexpert, write_nih
 
-from cxrcore.experiments import source_models, transfer
+from cxrcore.experiments import localisation, source_models, transfer, transfer_sizes
+from cxrcore.experiments.reported import read_reported
 from cxrcore.experiments.training import dependencies, run_order
 from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
@@ -130,3 +133,47 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
     assert health["score spread (mean sd over findings)"] > 0  # a trained network's scores differ between images
     assert 0 <= health["silent channels of the last layer"] <= 1
     assert health["training loss, last epoch"] == upstream.history["loss"].iloc[-1]
+    results, arms = transfer.by_label({(model.name, "off-the-shelf"): ots, (model.name, "fine-tuned"): ft})
+    assert list(results) == ["ResNet-50 OTS", "ResNet-50 FT"] and arms["ResNet-50 FT"] == (model, "fine-tuned")
+    costs = transfer.cost_table(results, arms, len(transfer.TARGET_FINDINGS))
+    assert costs.loc["ResNet-50 OTS", "trainable parameters"] == 2048 * 5 + 5  # the head only
+    assert costs.loc["ResNet-50 FT", "kept epoch"] == ft.metrics["best_epoch"] and costs["run seconds"].gt(0).all()
+    paths = ft.predictions["path"].head(3).tolist()
+    shown, maps = localisation.gradcam_maps(results, paths, class_index=0)
+    side = ft.config["preset"]["image_size"]
+    assert shown.shape == (3, side, side) and {m.shape for m in maps.values()} == {(3, side, side)}
+
+
+def test_off_the_shelf_summary_counts_the_differences_it_loses() -> None:
+    significant = pd.DataFrame({"A": ["DenseNet-121 OTS", "ResNet-50 FT", "ResNet-50 OTS"],
+                                "B": ["DenseNet-121 FT", "ResNet-50 scratch", "ResNet-50 FT"],
+                                "A - B": [-0.05, 0.04, 0.02]})
+    assert transfer.off_the_shelf_summary(significant).startswith(
+        "2 of the 3 per-finding differences that survived the false-discovery control involve an off-the-shelf arm, "
+        "and in 1 of them the off-the-shelf arm is the worse one.")
+    assert "No per-finding difference" in transfer.off_the_shelf_summary(significant.iloc[:0])
+
+
+def test_reported_summaries_come_from_reported_csv() -> None:
+    reported = read_reported(Path(__file__).resolve().parents[1] / "book" / "reported.csv")
+    summaries = transfer.reported_summaries(reported)
+    assert set(summaries["paper"]) == {"001", "002", "003"}
+    paper_001 = summaries[summaries["paper"] == "001"].set_index("model (reported)")["value (reported)"]
+    assert set(paper_001.index) == {"ResNet-50 OTS", "ResNet-50 FT", "ResNet-50-1channel"}
+    assert paper_001["ResNet-50-1channel"] == pytest.approx(0.819)  # the value the source chapter quotes
+    assert summaries["value (reported)"].between(0, 1).all()
+
+
+def test_size_sweep_in_words() -> None:
+    sweep = pd.DataFrame({"train_images": [100, 100, 300, 300, 600, 600], "arm": ["fine-tuned", "from scratch"] * 3,
+                          "difference": [0.14, np.nan, 0.10, np.nan, 0.07, np.nan],
+                          "difference_low": [0.09, np.nan, 0.05, np.nan, -0.01, np.nan],
+                          "difference_high": [0.19, np.nan, 0.15, np.nan, 0.12, np.nan]})
+    words = transfer_sizes.describe(sweep)
+    assert words["ts_sizes"] == "100, 300 and 600"
+    assert words["ts_gaps"].startswith("100 images +0.140 (+0.090 to +0.190); 300 images +0.100")
+    assert words["ts_clear"] == "The interval lies wholly above zero at 100 and 300 training images"
+    assert words["ts_trend"].startswith("shrinks.")
+    sweep["difference"] = sweep["difference"][::-1].to_numpy()  # now it grows
+    assert transfer_sizes.describe(sweep)["ts_trend"].startswith("does not shrink")
+

@@ -68,3 +68,17 @@ def results(settings: Settings) -> pd.DataFrame:
     draws = bootstrap_draws(settings)
     rows = [result_row(NAME, "ResNet-18", name, result, FINDINGS, draws) for name, result in runs(settings).items()]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def sibling_share(image_wise: pd.DataFrame) -> float:
+    """Share of the image-wise split's test images whose real patient also has images in its training split."""
+    train_patients = set(image_wise.loc[image_wise["split"] == "train", "real_patient"])
+    return float(image_wise.loc[image_wise["split"] == "test", "real_patient"].isin(train_patients).mean())
+
+
+def verdict(patient_wise: pd.Series, image_wise: pd.Series) -> str:
+    """A sentence on two mean AUROC rows (auroc, low, high): do their intervals overlap, and which is higher."""
+    if image_wise["low"] <= patient_wise["high"] and patient_wise["low"] <= image_wise["high"]:
+        return "The intervals overlap: on this small run the two estimates are not distinguishable."
+    higher = "higher" if image_wise["auroc"] > patient_wise["auroc"] else "lower"
+    return f"The intervals do not overlap: the image-wise estimate is {higher}."

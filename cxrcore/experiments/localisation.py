@@ -7,14 +7,16 @@ of each image, `_synth/masks/<image path>.png` holds the sign id of every pixel 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
-from cxrcore.cam import energy_inside, pointing_game
+from cxrcore.cam import energy_inside, gradcam, pointing_game
+from cxrcore.runner import Result, evaluation_dataset
 from data_prep.synth.signs import SIGN_IDS
 
 SYNTH_DIR = "_synth"
@@ -66,3 +68,33 @@ def localisation_table(maps: dict[str, np.ndarray], masks_for_side: Callable[[in
                                     for name, m in maps.items()}, orient="index")
     table["energy / area"] = table[f"energy inside the {region}"] / table[f"{region}'s share of the image"]
     return table.astype({"all-zero maps": int})
+
+
+def gradcam_maps(results: Mapping[str, Result], paths: Sequence[str], class_index: int
+                 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Each run's Grad-CAM of one class on the given test images ((N, side, side) per run, at the run's input
+    side), and the grey images as the first run sees them ((N, side, side), normalized)."""
+    maps, shown = {}, None
+    for name, result in results.items():
+        dataset = evaluation_dataset(result, "test")
+        index = {path: i for i, path in enumerate(dataset.manifest["path"])}
+        images = torch.stack([dataset[index[path]]["image"] for path in paths])  # (N, C, side, side)
+        maps[name] = gradcam(result.load_model(), images, class_index)
+        shown = images[:, 0] if shown is None else shown
+    return shown, maps
+
+
+def localisation_summary(table: pd.DataFrame, masks: Sequence[np.ndarray], region: str = "effusion") -> str:
+    """What a `localisation_table` says, in sentences: the region's area, the arms' range of energy / area, the most
+    focused arm, and any all-zero maps."""
+    ratio, zero, best = table["energy / area"], table["all-zero maps"], table["energy / area"].idxmax()
+    area = float(np.mean([mask.mean() for mask in masks]))
+    text = (f"Over {len(masks)} test images with a drawn {region}, the {region} covers {area:.1%} of the image on "
+            f"average. The arms put between {ratio.min():.2f} and {ratio.max():.2f} times that share of their map's "
+            f"energy inside it; the most focused is {best} ({ratio[best]:.2f} times, peak inside on "
+            f"{table.loc[best, 'peak inside (pointing game)']:.0%} of the images).")
+    if zero.any():
+        text += (" Grad-CAM gave an all-zero map (no positive evidence anywhere after its ReLU) for "
+                 + ", ".join(f"{name} ({n} of {len(masks)} images)" for name, n in zero[zero > 0].items())
+                 + "; those maps do not count in the energy column.")
+    return text

@@ -1,20 +1,24 @@
 """What every experiment's results table holds (a finished run's mean test AUROC with its patient-bootstrap CI),
-and the chapters' comparisons of arms: pairwise DeLong tests with BH q values, thresholds, precision, recall, F1."""
+and the chapters' comparisons of arms: recipes, pairwise DeLong tests with BH q values, thresholds, precision,
+recall, F1, and the sentences that state them."""
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
 from cxrcore.metrics import delong_test, precision_recall_f1, score_column, summarize, thresholds
-from cxrcore.runner import Result
+from cxrcore.presets import QUICK_FIELDS, get_preset
+from cxrcore.runner import Result, resolved_preset
 from cxrcore.settings import Settings
 
 RESULT_COLUMNS = ["experiment", "model", "arm", "train_images", "test_images", "mean_auroc", "ci_low", "ci_high",
                   "seconds", "epochs", "kept_epoch", "images_per_s"]
+RECIPE_FIELDS = ("lr", *QUICK_FIELDS, "augment", "select_by")  # the rows of a recipe table
 MIN_POSITIVES = 5  # fewer test positives: no AUROC is reported for the finding (its interval would mean little)
 
 
@@ -111,3 +115,57 @@ def gradient_steps(result: Result) -> int:
     """Optimizer steps a run took: its epochs times its batches of training images per epoch."""
     batches = math.ceil(result.metrics["images"]["train"] / result.config["preset"]["batch_size"])
     return len(result.history) * batches
+
+
+def recipe_table(configs: Iterable[dict], all_train_images: int) -> pd.DataFrame:
+    """Each preset the runs use as its paper reports it beside what these runs train with (the profile's changes),
+    and their training images; columns (preset, paper, "reported" | "this run")."""
+    columns: dict[tuple[str, str, str], list] = {}
+    images: dict[str, set[int]] = {}
+    for config in configs:
+        paper, shown = get_preset(config["preset"]), resolved_preset(config)
+        columns[(paper.name, paper.paper, "reported")] = [getattr(paper, f) for f in RECIPE_FIELDS]
+        columns[(paper.name, paper.paper, "this run")] = [getattr(shown, f) for f in RECIPE_FIELDS]
+        images.setdefault(paper.name, set()).add(config["max_train_images"] or all_train_images)
+    table = pd.DataFrame(columns, index=list(RECIPE_FIELDS)).astype(str)
+    table.loc["training images"] = [f"{all_train_images:,} (all)" if kind == "reported" else
+                                    " or ".join(f"{n:,}" for n in sorted(images[name]))
+                                    for name, _, kind in table.columns]
+    return table
+
+
+def mean_rows(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Model x (auroc, low, high, ...): the "Mean" row of each model's `auroc_table`."""
+    return pd.DataFrame({name: table.loc["Mean"] for name, table in tables.items()}).T.astype(
+        {"auroc": float, "low": float, "high": float})
+
+
+def interval(row: pd.Series) -> str:
+    """"0.812 (0.780-0.841)": an AUROC row's value and 95 % interval."""
+    return f"{row['auroc']:.3f} ({row['low']:.3f}-{row['high']:.3f})"
+
+
+def above_chance(means: pd.DataFrame) -> str:
+    """A sentence naming the models whose mean interval lies wholly above 0.5, or saying that none does."""
+    above = [name for name, row in means.iterrows() if row["low"] > 0.5]
+    if not above:
+        return "No arm's mean interval lies wholly above 0.5 (chance)."
+    return "Mean intervals that lie wholly above 0.5 (chance): " + ", ".join(above) + "."
+
+
+def significant_differences(delong: pd.DataFrame, q: float = 0.05) -> str:
+    """The DeLong rows whose BH q value is below `q`, as "A > B on finding (q = ...)"; "none" if there are none."""
+    significant = delong[delong["q (BH)"] < q]
+    return "; ".join(f"{r['A']} {'>' if r['A - B'] > 0 else '<'} {r['B']} on {r['finding']} (q = {r['q (BH)']:.3f})"
+                     for _, r in significant.iterrows()) or "none"
+
+
+def best_by_finding(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Finding x arm AUROC (each arm's `auroc_table`), with the arm of the highest per finding ("best") and its lead
+    over the runner-up ("lead"): which label policy, view set or normalization wins where. Rows no arm scores
+    are left out."""
+    if len(tables) < 2:
+        raise ValueError(f"best_by_finding compares arms: got {len(tables)}")
+    auroc = pd.DataFrame({name: table["auroc"] for name, table in tables.items()}).astype(float).dropna(how="all")
+    ranked = np.sort(auroc.fillna(-np.inf).to_numpy(), axis=1)  # an arm without a score ranks last
+    return auroc.assign(best=auroc.idxmax(axis=1), lead=ranked[:, -1] - ranked[:, -2])

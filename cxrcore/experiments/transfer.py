@@ -10,13 +10,14 @@
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from cxrcore.experiments import source_models
 from cxrcore.experiments.source_models import ARCHITECTURES, ARMS, Architecture, trainable_parameters
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row, worse_arm
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
 from cxrcore.runner import Result, run
@@ -32,8 +33,9 @@ QUICK_TARGET_IMAGES = 600  # training images of an arm in the quick profile (who
 QUICK_TARGET_EPOCHS = 8  # every arm's epochs in the quick profile (the source models train 10: the book's budget)
 SPLIT_SEED = 0
 
-__all__ = ["ARCHITECTURES", "ARMS", "Architecture", "arm_config", "configs", "label", "results", "stages",
-           "target_manifest", "trainable_parameters"]
+__all__ = ["ARCHITECTURES", "ARMS", "Architecture", "arm_config", "by_label", "configs", "cost_table", "label",
+           "off_the_shelf_summary", "reported_summaries", "results", "stages", "target_manifest",
+           "trainable_parameters"]
 
 
 def target_manifest(data_root: Path, out_dir: Path) -> Path:
@@ -111,3 +113,55 @@ def results(settings: Settings) -> pd.DataFrame:
     rows = [result_row(NAME, name, arm, result, TARGET_FINDINGS, draws)
             for (name, arm), result in runs(settings).items()]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def by_label(finished: Mapping[tuple[str, str], Result]
+             ) -> tuple[dict[str, Result], dict[str, tuple[Architecture, str]]]:
+    """The runs keyed by their row label ("DenseNet-121 FT"), and each label's (architecture, arm)."""
+    architectures = {a.name: a for a in ARCHITECTURES}
+    arms = {label(architectures[name], arm): (architectures[name], arm) for name, arm in finished}
+    results = {name: finished[(architecture.name, arm)] for name, (architecture, arm) in arms.items()}
+    return results, arms
+
+
+def cost_table(results: Mapping[str, Result], arms: Mapping[str, tuple[Architecture, str]],
+               n_findings: int) -> pd.DataFrame:
+    """Per arm: trainable parameters, run seconds, seconds per epoch, training images/s and the epoch kept."""
+    rows = {name: {"arm": arms[name][1],
+                   "trainable parameters": trainable_parameters(arms[name][0], n_findings, arms[name][1]),
+                   "run seconds": result.elapsed, "s per epoch": result.history["seconds"].mean(),
+                   "training images/s": result.history["images_per_s"].mean(),
+                   "kept epoch": int(result.metrics["best_epoch"])}
+            for name, result in results.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def off_the_shelf_summary(significant: pd.DataFrame) -> str:
+    """A sentence: how many of the significant DeLong differences involve an off-the-shelf arm, and how many it
+    loses."""
+    if significant.empty:
+        return "No per-finding difference survived the false-discovery control."
+    ots = ARM_ABBREVIATIONS["off-the-shelf"]
+    involved = int((significant["A"].str.endswith(ots) | significant["B"].str.endswith(ots)).sum())
+    worse = int(worse_arm(significant).str.endswith(ots).sum())
+    return (f"{involved} of the {len(significant)} per-finding differences that survived the false-discovery control "
+            f"involve an off-the-shelf arm, and in {worse} of them the off-the-shelf arm is the worse one.")
+
+
+REPORTED_SUMMARIES = (  # paper, the data it reports on, metric, reported.csv rows (a query)
+    ("001", "ChestX-ray14, 14 findings, 5 resamplings", "mean AUROC",
+     "paper == '001' and source == 'Table 3' and finding == 'Mean' and metric == 'auroc' "
+     "and model in ['ResNet-50 OTS', 'ResNet-50 FT', 'ResNet-50-1channel']"),
+    ("002", "CheXpert, patient level, 3 epochs", "mean AUROC",
+     "paper == '002' and finding == 'Mean' and metric == 'auroc'"),
+    ("003", "CheXpert, 14 observations, threshold 0.5", "macro F1",
+     "paper == '003' and source in ['Table 1', 'Table 2'] and finding == 'Mean' and metric == 'f1_macro'"),
+)
+
+
+def reported_summaries(reported: pd.DataFrame) -> pd.DataFrame:
+    """What papers 001-003 report for pretrained against scratch, or frozen against fully trained: one row per
+    model (paper, data, metric, model, value), from book/reported.csv."""
+    rows = [(paper, data, metric, model, value) for paper, data, metric, query in REPORTED_SUMMARIES
+            for model, value in reported.query(query)[["model", "value"]].itertuples(index=False)]
+    return pd.DataFrame(rows, columns=["paper", "data", "metric", "model (reported)", "value (reported)"])

@@ -70,3 +70,37 @@ def results(settings: Settings) -> pd.DataFrame:
             row = result_row(NAME, ARCHITECTURE.name, arm, result, transfer.TARGET_FINDINGS, draws)
             rows.append({**row, **(difference if arm == PRETRAINED else dict.fromkeys(difference, np.nan))})
     return pd.DataFrame(rows, columns=RESULT_COLUMNS + DIFFERENCE_COLUMNS)
+
+
+def differences(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The pretrained rows of `results`, by training images: the paired difference and its interval."""
+    return sweep.dropna(subset=["difference"]).sort_values("train_images").set_index("train_images")
+
+
+def _listed(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
+
+
+def describe(sweep: pd.DataFrame) -> dict[str, str]:
+    """The sweep in words, for the chapter's glue: its sizes, each difference with its interval, where the interval
+    clears zero, and whether the difference shrinks from the smallest to the largest size."""
+    gaps = differences(sweep)
+    sizes = [f"{n:,}" for n in gaps.index]
+    clear = [f"{n:,}" for n, row in gaps.iterrows() if row.difference_low > 0]
+    if len(clear) == len(gaps):
+        clear_text = "The interval lies wholly above zero at every size"
+    elif clear:
+        clear_text = f"The interval lies wholly above zero at {_listed(clear)} training images"
+    else:
+        clear_text = "No interval lies wholly above zero"
+    shrinks = gaps["difference"].iloc[-1] < gaps["difference"].iloc[0]
+    trend = ("shrinks. This is the shape of the papers' lesson, at a scale a laptop can run: with few target images "
+             "the source model's features carry the result, and the more target images there are, the more a network "
+             "trained from scratch learns the same on its own." if shrinks else
+             "does not shrink on these sizes: here the papers' lesson does not show, and the intervals say how sure "
+             "that is.")
+    return {"ts_sizes": _listed(sizes),
+            "ts_gaps": "; ".join(f"{n:,} images {row.difference:+.3f} ({row.difference_low:+.3f} to "
+                                 f"{row.difference_high:+.3f})" for n, row in gaps.iterrows()),
+            "ts_clear": clear_text, "ts_trend": trend}
