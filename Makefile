@@ -4,7 +4,31 @@ SHELL := /bin/bash
 
 PYTHON      ?= python3
 VENV        := .venv
-BIN         := $(VENV)/bin
+# Which Python: PY_ENV=auto (default) creates and uses .venv, unless a conda environment or a virtualenv other than
+# our .venv is active (CONDA_PREFIX / VIRTUAL_ENV): then that one, e.g. a conda env with a CUDA build of torch;
+# PY_ENV=active uses the active environment (or the $(PYTHON) on PATH); PY_ENV=venv always uses .venv.
+PY_ENV      ?= auto
+# the innermost active environment: a virtualenv (possibly inside conda), else conda
+ACTIVE_ENV  := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
+canonical    = $(or $(realpath $(1)),$(abspath $(1)))
+USES_ACTIVE_ENV :=
+ifeq ($(PY_ENV),active)
+  USES_ACTIVE_ENV := 1
+else ifeq ($(PY_ENV),auto)
+  ifneq ($(strip $(ACTIVE_ENV)),)
+    ifneq ($(call canonical,$(ACTIVE_ENV)),$(call canonical,$(VENV)))
+      USES_ACTIVE_ENV := 1
+    endif
+  endif
+else ifneq ($(PY_ENV),venv)
+  $(error PY_ENV=$(PY_ENV): expected auto (the default), venv (always .venv) or active (the active environment))
+endif
+ifdef USES_ACTIVE_ENV
+  SCRIPTS_OF = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  BIN       := $(if $(strip $(ACTIVE_ENV)),$(ACTIVE_ENV)/bin,$(SCRIPTS_OF))
+else
+  BIN       := $(VENV)/bin
+endif
 # torch and torchvision are pinned to builds this machine has on disk; override for another CUDA build.
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS      ?= book,test
@@ -17,22 +41,38 @@ export CXR_PROFILE CXR_DATA_ROOT CXR_RUNS_DIR
 TIMED       := .ci/timed
 TESTED      := _tested
 comma       := ,
+ifdef USES_ACTIVE_ENV
+# the stamp lives in this clone (the environment is not ours to mark), one per environment and extras
+STAMP       := _build/.installed$(subst /,_,$(BIN))-$(subst $(comma),-,$(EXTRAS))
+else
 STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+endif
 # jupyter-cache hashes only a notebook's code cells: key the cache on the library's code too
 CODE_HASH    = $$(find cxrcore data_prep -name '*.py' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
 
-.PHONY: help venv vendor data runs book test lint notebooks-test lab clean
+.PHONY: help venv vendor data runs book test lint notebooks-test lab weights clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+ifdef USES_ACTIVE_ENV
+	@test -x $(BIN)/python || { echo "PY_ENV: no python in $(BIN); activate the environment, or PY_ENV=venv for .venv"; exit 1; }
+	@echo "installing the project into the active environment $(BIN)/python (keeping its torch; PY_ENV=venv for .venv)"
+	@mkdir -p $(@D)
+	$(TIMED) install $(BIN)/python -m pip install --quiet --progress-bar off --no-compile $(if $(filter 1,$(NO_DEPS)),--no-deps) -e ".[$(EXTRAS)]"
+else
 	@test -x $(BIN)/python || $(TIMED) venv-create $(PYTHON) -m venv $(VENV)
 	@# --no-compile: Python compiles the few modules it imports on first use, not all of torch at install time
 	$(TIMED) install $(BIN)/pip install --quiet --progress-bar off --no-compile $(TORCH_SPEC) -e ".[$(EXTRAS)]"
+endif
 	@touch $@
 
-venv: $(STAMP)  ## create .venv and install the project (idempotent)
+venv: $(STAMP)  ## create .venv and install the project (idempotent); a conda env or virtualenv if one is active
+ifdef USES_ACTIVE_ENV
+	@$(BIN)/python -c 'import sys; print(f"python: {sys.executable} (the active environment; PY_ENV=venv for .venv)"); '\
+	'import torch; print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")'
+endif
 
 _vendor/.complete:
 	@$(TIMED) vendor bash .ci/vendor-js _vendor
@@ -71,9 +111,18 @@ test: venv vendor data lint  ## set up, then unit tests, every chapter under nbm
 	$(TIMED) pytest $(BIN)/pytest
 	@$(MAKE) --no-print-directory notebooks-test
 
-lab:  ## JupyterLab in the venv (installs the lab extra)
-	$(MAKE) venv EXTRAS=book,test,lab
-	$(BIN)/jupyter lab book
+# JupyterLab refuses to start as root (the default user in Docker images and on rented GPU machines) without this
+ALLOW_ROOT   = $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS    ?=
+
+lab:  ## JupyterLab on the chapters (installs the lab extra); e.g. LAB_ARGS="--no-browser --ip=0.0.0.0 --port=8888"
+	$(MAKE) --no-print-directory venv EXTRAS=book,test,lab
+	@echo "JupyterLab prints the URL to open (http://HOST:PORT/lab?token=...) below; on a remote machine, add"
+	@echo "LAB_ARGS=\"--no-browser --port=8888\" and forward the port: ssh -L 8888:localhost:8888 USER@HOST"
+	$(BIN)/jupyter lab book $(ALLOW_ROOT) $(LAB_ARGS)
+
+weights: venv  ## download the ImageNet weights of the chapters' models into the torch hub cache (needs internet)
+	$(TIMED) weights $(BIN)/python -m cxrcore weights fetch
 
 clean:  ## remove the build, the runs cache and the demo data (keeps .venv)
 	rm -rf _build _tested runs data/demo

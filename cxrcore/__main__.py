@@ -1,4 +1,5 @@
-"""`python -m cxrcore COMMAND ...`: train a configured run, run a chapter's experiment, or benchmark training."""
+"""`python -m cxrcore COMMAND ...`: train a configured run, run a chapter's experiment, benchmark training, or list
+and fetch the ImageNet weights."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +11,7 @@ COMMANDS = {
     "train": ("cxrcore.runner", "run one experiment from a JSON config, cached like the book's runs"),
     "bench": ("cxrcore.bench", "training images/s of the whole pipeline and of the model alone"),
     "experiment": ("cxrcore.experiments.command", "run a chapter's experiment (or read its runs) and print its table"),
+    "weights": ("cxrcore.weights", "list the ImageNet weights in the local torch hub cache, or fetch them"),
 }
 
 if __name__ == "__main__":

@@ -16,10 +16,15 @@ Transforms (``augment``):
 Normalization: ``"imagenet"`` (ImageNet statistics; for one channel the mean of the three), ``"dataset"``
 (statistics of this dataset's own images, :func:`compute_normalization`, paper 002: use it on the training
 manifest and pass the result explicitly to the validation/test datasets), ``"none"``, or explicit (mean, std).
+
+16-bit files are divided by their white level: 2**bits - 1 where the file records its bits (a PNG's sBIT chunk),
+4095 with a warning where the values stay within 12 bits (radiographs' common depth), else 65535.
 """
 from __future__ import annotations
 
 import logging
+import struct
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,13 +45,49 @@ AUGMENTATIONS = ("mild", "paper000", "paper001", "paper002")
 # decode size over crop size of the augmentations that resize first and crop after (others decode at the size)
 _PRESIZE = {"mild": 256 / 224, "paper001": 256 / 224, "paper002": 364 / 320}
 _SEX_FEATURE = {"M": 1.0, "F": 0.0, "U": 0.5}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_significant_bits(path: Path) -> int | None:
+    """The bits per gray sample a PNG file records in its sBIT chunk (e.g. 12 in a 16-bit file), None if absent."""
+    with open(path, "rb") as stream:
+        if stream.read(8) != _PNG_SIGNATURE:
+            return None
+        while len(header := stream.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"sBIT":
+                bits = stream.read(length)[:1]
+                return bits[0] if bits and 1 <= bits[0] <= 16 else None
+            if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                return None
+            stream.seek(length + 4, 1)  # chunk data and CRC
+    return None
+
+
+def _white_level(image: Image.Image, pixels: np.ndarray, path: Path) -> float:
+    """The value of white in a 16/32-bit integer image: 2**bits - 1 for the bits the file records (PNG sBIT);
+    else 255 for a mode 'I' image within 8 bits; else 4095 for a 16-bit image within 12 bits (the common depth
+    of radiographs, stored in 16-bit files without saying so), with a warning naming the file; else 65535."""
+    bits = _png_significant_bits(path) if image.format == "PNG" else None
+    if bits is not None:
+        return 2.0**bits - 1
+    peak = float(pixels.max()) if pixels.size else 0.0
+    if image.mode == "I" and peak <= 255:
+        return 255.0
+    if peak <= 4095:
+        warnings.warn(f"{path}: 16-bit image whose values stay within 12 bits (max {peak:.0f}): read as 12-bit, "
+                      "divided by 4095 instead of 65535; record the depth (PNG sBIT chunk, e.g. pypng's bitdepth=12) "
+                      "or rescale the file to the full range if that is wrong", UserWarning, stacklevel=2)
+        return 4095.0
+    return 65535.0
 
 
 def _to_gray_image(image: Image.Image, size: tuple[int, int], path: Path) -> Image.Image:
-    """Mode 'L' (8 bit) or 'F' (16 bit scaled to [0, 1]) image resized to size, from any grayscale or color mode."""
+    """Mode 'L' (8 bit) or 'F' (16 bit scaled to [0, 1], see `_white_level`) image resized to size, from any
+    grayscale or color mode."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scale = 65535.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 255.0
-        image = Image.fromarray(np.asarray(image, dtype=np.float32) / scale)
+        pixels = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray(pixels / _white_level(image, pixels, path))
     elif image.mode not in ("L", "F"):
         if image.mode not in ("RGB", "RGBA", "LA", "P", "1", "CMYK", "YCbCr"):
             raise ValueError(f"{path}: unsupported image mode {image.mode!r}")

@@ -98,10 +98,19 @@ def _prepare(
         bad_labels = np.setdiff1d(np.unique(labels[counted[:, k], k]), [0.0, 1.0])
         if bad_labels.size:
             raise ValueError(f"class {name!r}: labels must be 0 or 1 where counted, found {bad_labels.tolist()}")
-        bad_rows = np.flatnonzero(counted[:, k] & ~np.isfinite(scores[:, k]))
-        if bad_rows.size:
-            raise ValueError(f"class {name!r}: non-finite scores at rows {bad_rows[:10].tolist()}")
+    _check_scores(scores, counted, class_names)
     return labels, scores, counted, class_names
+
+
+def _check_scores(scores: np.ndarray, counted: np.ndarray, names: Sequence[str], rows: Sequence | None = None) -> None:
+    """Raise naming the finding, how many counted rows have a NaN/inf score and the first (rows: their paths)."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(counted[:, k] & ~np.isfinite(scores[:, k]))
+        if bad.size:
+            first = [rows[i] for i in bad[:5]] if rows is not None else f"rows {bad[:10].tolist()}"
+            raise ValueError(f"finding {name!r} (score column {k}): {bad.size} of {int(counted[:, k].sum())} counted "
+                             f"rows have a NaN/inf score, first {first}; scores must be finite: find those images "
+                             "(cxrcore.train.predict names the paths of images with NaN/inf scores)")
 
 
 def _warn_undefined(name: str, labels: np.ndarray) -> None:
@@ -521,6 +530,9 @@ def summarize(
     names = _findings_in(predictions_df, findings)
     if "patient_id" not in predictions_df.columns:
         raise ValueError("predictions table needs a patient_id column (the bootstrap resamples patients)")
+    scores = predictions_df[[score_column(f) for f in names]].to_numpy(dtype=float)
+    rows = predictions_df["path"].tolist() if "path" in predictions_df.columns else None
+    _check_scores(scores, predictions_df[names].notna().to_numpy(), names, rows)  # per image, before aggregating
     table = predictions_df if level == "image" else aggregate(predictions_df, f"{level}_id", how, names)
     result = bootstrap_auroc_ci(
         table[names], table[[score_column(f) for f in names]].to_numpy(), table["patient_id"].to_numpy(),

@@ -9,6 +9,7 @@ concatenation of non-image features (paper 001's "-meta"), then `head`:
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -283,8 +284,13 @@ def load_imagenet_backbone(model: CXRNet) -> WeightsReport:
         raise FileNotFoundError(
             f"ImageNet weights for {arch} are not in the local torch hub cache: expected {path}. "
             f"This project never downloads at run time: fetch {url} on a machine with internet access and copy "
-            f"it to {path} (or set TORCH_HOME so that {Path('$TORCH_HOME') / 'hub/checkpoints' / path.name} exists).")
-    state = _imagenet_state_to_backbone(arch, torch.load(path, map_location="cpu", weights_only=True))
+            f"it to {path} (or set TORCH_HOME so that {Path('$TORCH_HOME') / 'hub/checkpoints' / path.name} exists); "
+            f"`python -m cxrcore weights fetch` (make weights) does both on a machine that is online.")
+    loaded = load_checkpoint_file(
+        path, pointed_by=f"weights='imagenet' reads {arch}'s ImageNet weights from the torch hub cache",
+        fix=f"move it away (a download or copy that did not finish?) and run `python -m cxrcore weights fetch`, "
+            f"or copy {url} to {path} again")
+    state = _imagenet_state_to_backbone(arch, loaded)
     note = ""
     first_conv = next(key for key in state if key.endswith("weight") and state[key].ndim == 4)
     if model.config["channels"] == 1:  # grey input: summing the RGB kernels == feeding the grey image 3 times
@@ -295,12 +301,45 @@ def load_imagenet_backbone(model: CXRNet) -> WeightsReport:
                          reinitialized=[f"head.{key}" for key in model.head.state_dict()], note=note)
 
 
+_CHECKPOINT_FIX = ("point the config's `weights` at a file written by torch.save: a run's model.pt, a training "
+                   "checkpoint or a state dict (or copy the file again if a copy was interrupted)")
+
+
+def _what_is_wrong(path: Path, err: Exception) -> str:
+    """Why torch.load failed, in words: empty, truncated or corrupt, or pickled objects beyond tensors."""
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+        # a whole pickled model (torch.save(model)): loading it would run arbitrary code, so it is refused
+        return "it holds pickled Python objects besides tensors (torch.save(model)?); save model.state_dict() instead"
+    with path.open("rb") as stream:
+        zipped = stream.read(2) == b"PK"  # torch.save writes a zip archive since PyTorch 1.6
+    return ("it is truncated or corrupt (a zip archive that cannot be read)" if zipped
+            else "it is corrupt or not a PyTorch file (neither a torch.save zip archive nor a legacy pickle)")
+
+
+def load_checkpoint_file(path: str | Path, *, pointed_by: str, fix: str = _CHECKPOINT_FIX,
+                         map_location: str | torch.device = "cpu") -> object:
+    """torch.load(weights_only=True); a file it cannot read is a ValueError naming it and what pointed to it."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # torch.load raises EOFError, UnpicklingError, RuntimeError, KeyError, OSError...
+        # `from None`: PyTorch's own message advises weights_only=False, which would run the file's code
+        raise ValueError(f"{path} is not a valid PyTorch checkpoint: {_what_is_wrong(path, err)}. "
+                         f"It was read because {pointed_by}. What to do: {fix}.") from None
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    pointed_by = f"the config's `weights` value (build_model(weights=...)) is {str(path)!r}"
+    checkpoint = load_checkpoint_file(path, pointed_by=pointed_by)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]  # a training checkpoint or a saved model: {"model": state_dict, ...}
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path}: not a model checkpoint (expected a state dict or a dict with a 'model' state dict)")
+        raise ValueError(f"{path}: not a model checkpoint (expected a state dict or a dict with a 'model' state "
+                         f"dict); {pointed_by}: {_CHECKPOINT_FIX}")
     return {key.removeprefix("module.").removeprefix("_orig_mod."): value for key, value in checkpoint.items()}
 
 
@@ -339,8 +378,10 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> CXRNet:
     """Rebuild a CXRNet saved by `save_model` (weights_only=True)."""
-    checkpoint = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if "model_config" not in checkpoint:
+    checkpoint = load_checkpoint_file(path, pointed_by=f"load_model was given {str(path)!r}",
+                                      fix="load a model.pt that save_model wrote (a finished run's model.pt)",
+                                      map_location=map_location)
+    if not isinstance(checkpoint, dict) or "model_config" not in checkpoint:
         raise ValueError(f"{path}: no 'model_config' in this checkpoint; use build_model(..., weights=path)")
     model = build_model(**checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])

@@ -5,17 +5,29 @@ file's content, the weights file's content, the source of the cxrcore package). 
 `runs_dir/.work-<key>/` (where a crashed run also resumes from its last epoch checkpoint) and renamed into place
 when complete, so a run directory is either whole or absent.
 
+Before any work a config is checked field by field (`RunConfig`: type and range, the preset overrides included)
+and every split's image files are checked to exist under the data root. One process at a time computes a key: it
+holds `runs_dir/.work-<key>.lock` (`fcntl.flock`); a second process (or thread) running the same key waits for it,
+saying so on stderr, then reads the finished run from the cache. The lock holder removes what dead writers left in
+the work folder (atomic writes' `.NAME.XXXX.tmp` files, a forced rerun's `.trash-<key>-PID` folder); a failed run's
+work folder is removed unless it holds an epoch checkpoint to resume from.
+
 CLI: `python -m cxrcore train CONFIG.json [--runs-dir D] [--force]`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
+import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,24 +38,189 @@ import pandas as pd
 import cxrcore
 from cxrcore.atomic import atomic_write
 from cxrcore.features import HeadOnly, feature_loaders
-from cxrcore.manifest import load_manifest
+from cxrcore.findings import ALL_FINDINGS, NIH_TO_HARMONIZED, resolve_policy
+from cxrcore.manifest import FINAL_SPLITS, VIEWS, load_manifest
 from cxrcore.metrics import auroc_per_class, score_column
-from cxrcore.models import build_model, load_model, save_model
+from cxrcore.models import ARCHS, HEADS, build_model, load_model, save_model
 from cxrcore.presets import Preset, get_preset, quick_profile_preset, with_overrides
-from cxrcore.settings import settings
-from cxrcore.train import fit, make_loader, predict
+from cxrcore.settings import DATA_ROOT_ENV, PROFILES, settings
+from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict
 
 if TYPE_CHECKING:
     from cxrcore.datasets import ManifestDataset
 
 LOSS_WEIGHTING = ("none", "pos_weight", "paper002")
+NORMALIZATIONS = ("imagenet", "dataset", "none")
+MIN_IMAGE_SIZE = 32  # the smallest input DenseNet-121 and VGG-16 take (five halvings); twice that with `large`
 ID_COLUMNS = {"path": str, "patient_id": str, "study_id": str}
 CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory (decoded once per run) when they take less than this
+SHOWN_MISSING = 5  # missing image files named in the error
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def _bad(where: str, value: object, expected: str) -> ValueError:
+    return ValueError(f"run config {where}={value!r}: expected {expected}")
+
+
+def _whole(where: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(where, value, f"a whole number >= {minimum}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (an int is fine where a float is expected), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _real(where: str, value: object, expected: str, accept: Callable[[float], bool]) -> float:
+    if not _is_number(value) or not accept(value):
+        raise _bad(where, value, f"a number {expected}")
+    return value
+
+
+def _flag(where: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(where, value, "true or false")
+    return value
+
+
+def _choice(where: str, value: object, choices: Sequence) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value not in choices:
+        raise _bad(where, value, f"one of {list(choices)}")
+    return value
+
+
+def _path_text(where: str, value: object) -> str:
+    """A path as the JSON config writes it: a non-empty string (a pathlib.Path is turned into one)."""
+    value = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(where, value, "a path (a non-empty string)")
+    return value
+
+
+def _names(where: str, value: object, example: str) -> list[str]:
+    """A non-empty list (or tuple) of distinct non-empty strings."""
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _bad(where, value, f"a non-empty list of names, e.g. {example}")
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise ValueError(f"run config {where}={list(value)!r}: {repeated} listed more than once; list each once")
+    return list(value)
+
+
+def _findings(value: object) -> list[str]:
+    findings = _names("findings", value, '["Atelectasis", "Cardiomegaly"]')
+    unknown = [f for f in findings if f not in ALL_FINDINGS]
+    if unknown:
+        hints = [f"{f!r} is {NIH_TO_HARMONIZED[f]!r}" for f in unknown if f in NIH_TO_HARMONIZED]
+        raise ValueError(f"run config findings: unknown finding(s) {unknown}"
+                         + (f" (harmonized: {', '.join(hints)})" if hints else "")
+                         + f"; a manifest's findings are named {ALL_FINDINGS}")
+    return findings
+
+
+def _views(value: object) -> list[str] | None:
+    if value is None:
+        return None
+    views = _names("views", value, '["frontal"]')
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise _bad("views", value, f"a list of views out of {list(VIEWS)}, e.g. ['frontal']")
+    return views
+
+
+def _normalization(value: object, channels: int) -> str | list:
+    """"imagenet" | "dataset" | "none" | [mean, std] with 1 or `channels` values each (std > 0)."""
+    if isinstance(value, str):
+        return _choice("normalization", value, NORMALIZATIONS)
+
+    def numbers(part: object) -> bool:
+        return isinstance(part, list | tuple) and len(part) in (1, channels) and all(map(_is_number, part))
+
+    if not (isinstance(value, list | tuple) and len(value) == 2 and all(map(numbers, value)) and min(value[1]) > 0):
+        raise _bad("normalization", value, f"one of {list(NORMALIZATIONS)} or [mean, std], each a list of 1 or "
+                                           f"{channels} numbers, std > 0, e.g. [[0.5], [0.25]]")
+    return value
+
+
+def _weights(value: object) -> str | dict | None:
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        return _path_text("weights", value)
+    if isinstance(value, dict) and set(value) == {"run"} and isinstance(value["run"], dict):
+        try:
+            RunConfig.from_dict(value["run"])
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"run config weights['run'] (the run that gives the weights): {err.args[0]}") from err
+        return value
+    raise _bad("weights", value, 'null, "imagenet", a checkpoint path, "run:<key>" or {"run": {run config}}')
+
+
+def _augment(where: str, value: object) -> object:
+    from cxrcore.datasets import AUGMENTATIONS
+
+    if value is True or value is False or isinstance(value, str) and value in AUGMENTATIONS:
+        return value
+    raise _bad(where, value, f"false, true (mild) or one of {list(AUGMENTATIONS)} (augmentations cxrcore.datasets "
+                             "implements)")
+
+
+def _betas(where: str, value: object) -> object:
+    if not (isinstance(value, list | tuple) and len(value) == 2 and all(_is_number(b) and 0 <= b < 1 for b in value)):
+        raise _bad(where, value, "a pair [beta1, beta2] of numbers in [0, 1), e.g. [0.9, 0.999]")
+    return value
+
+
+_OVERRIDE_CHECKS: dict[str, Callable[[str, object], object]] = {
+    "lr": lambda where, v: _real(where, v, "> 0, e.g. 0.001", lambda x: x > 0),
+    "batch_size": lambda where, v: _whole(where, v, 1),
+    "epochs": lambda where, v: _whole(where, v, 1),
+    "augment": _augment,
+    "optimizer": lambda where, v: _choice(where, v, ("adam",)),  # the only one cxrcore.train implements
+    "betas": _betas,
+    "weight_decay": lambda where, v: _real(where, v, ">= 0", lambda x: x >= 0),
+    "scheduler": lambda where, v: _choice(where, v, SCHEDULERS),
+    "plateau_factor": lambda where, v: _real(where, v, "between 0 and 1 (exclusive)", lambda x: 0 < x < 1),
+    "plateau_patience": lambda where, v: _whole(where, v, 0),
+    "select_by": lambda where, v: _choice(where, v, SELECT_BY),
+    "large": _flag,
+}
+
+
+def _overrides(value: object, preset: str, large: bool) -> dict:
+    """Preset overrides checked for name (by presets.with_overrides), type and range."""
+    if not isinstance(value, dict):
+        raise _bad("overrides", value, 'an object of preset fields, e.g. {"epochs": 2, "lr": 0.001}')
+    for name, override in value.items():
+        where = f"overrides[{name!r}]"
+        if name == "image_size":
+            _whole(where, override, MIN_IMAGE_SIZE * (2 if large else 1))
+        elif name in _OVERRIDE_CHECKS:
+            _OVERRIDE_CHECKS[name](where, override)
+    with_overrides(get_preset(preset), value)  # unknown names raise listing the valid ones
+    return value
+
+
+def _policy(value: object, findings: list[str]) -> list[str]:
+    """One policy name per finding (cxrcore.findings.resolve_policy), its errors naming the config field."""
+    try:
+        return resolve_policy(value, findings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"run config policy={value!r}: {err} (a name, or an object finding -> name)") from err
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines one experiment (the JSON config of `python -m cxrcore train`)."""
+    """Everything that defines one experiment (the JSON config of `python -m cxrcore train`).
+
+    Creating one checks every field's type and range (and the preset overrides'), raising ValueError that names
+    the field, the bad value and what is valid; JSON forms are fine (a list where a tuple is meant, an int for a
+    float, a pathlib.Path for a path string).
+    """
 
     manifest: str  # manifest CSV (cxrcore.manifest schema)
     findings: list[str]
@@ -73,11 +250,53 @@ class RunConfig:
     loss_weighting: str = "none"  # none | pos_weight (negatives/positives) | paper002 (3-class weights)
     num_workers: int = 0  # machinery only: not part of the key
 
+    def __post_init__(self) -> None:
+        self.manifest = _path_text("manifest", self.manifest)
+        self.findings = _findings(self.findings)
+        self.data_root = None if self.data_root is None else _path_text("data_root", self.data_root)
+        policies = _policy(self.policy, self.findings)
+        _choice("arch", self.arch.lower() if isinstance(self.arch, str) else self.arch, ARCHS)  # any letter case
+        _choice("channels", self.channels, (1, 3))
+        for name in ("large", "meta", "freeze_backbone", "feature_cache"):
+            _flag(name, getattr(self, name))
+        _choice("head", self.head, HEADS)
+        self.weights = _weights(self.weights)
+        if not isinstance(self.preset, str):
+            raise _bad("preset", self.preset, "a preset name (cxrcore.presets.PRESETS)")
+        self.overrides = _overrides(self.overrides, self.preset, self.large)
+        if self.profile is not None and (not isinstance(self.profile, str) or self.profile.lower() not in PROFILES):
+            raise _bad("profile", self.profile, f"one of {list(PROFILES)}")
+        _whole("seed", self.seed, 0)
+        for name in ("train_split", "valid_split", "test_split"):
+            _choice(name, getattr(self, name), FINAL_SPLITS)
+        self.test_manifest = None if self.test_manifest is None else _path_text("test_manifest", self.test_manifest)
+        self.views = _views(self.views)
+        for name in ("max_train_images", "max_valid_images", "max_test_images"):
+            if getattr(self, name) is not None:
+                _whole(name, getattr(self, name), 1)
+        self.normalization = _normalization(self.normalization, self.channels)
+        _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTING)
+        _whole("num_workers", self.num_workers, 0)
+        self._check_combinations(policies)
+
+    def _check_combinations(self, policies: list[str]) -> None:
+        """Fields that only work together."""
+        if self.feature_cache and not self.freeze_backbone:
+            raise ValueError("feature_cache=True needs freeze_backbone=True: only a frozen backbone's features are "
+                             "the same every epoch")
+        if (self.head == "multiclass3") != (policies[0] == "u-multiclass"):
+            raise ValueError("head='multiclass3' and policy 'u-multiclass' (targets 0/1/2) go together; "
+                             f"got head={self.head!r} with policy={self.policy!r}")
+        if self.loss_weighting == "paper002" and self.head != "multiclass3":
+            raise ValueError("loss_weighting='paper002' needs head='multiclass3' (and policy 'u-multiclass')")
+
     @classmethod
     def from_dict(cls, config: dict | RunConfig) -> RunConfig:
-        """Build from a dict; unknown keys raise naming them and the valid ones."""
+        """Build from a dict; unknown keys raise naming them and the valid ones, bad values as in the class doc."""
         if isinstance(config, RunConfig):
             return config
+        if not isinstance(config, dict):
+            raise ValueError(f"a run config is an object (dict) of RunConfig fields, got {type(config).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(config) - set(names))
         if unknown:
@@ -85,13 +304,7 @@ class RunConfig:
         missing = [name for name in ("manifest", "findings") if name not in config]
         if missing:
             raise ValueError(f"run config lacks required key(s) {missing}")
-        run_config = cls(**config)
-        if run_config.feature_cache and not run_config.freeze_backbone:
-            raise ValueError("feature_cache=True needs freeze_backbone=True: only a frozen backbone's features are "
-                             "the same every epoch")
-        if run_config.loss_weighting not in LOSS_WEIGHTING:
-            raise ValueError(f"loss_weighting={run_config.loss_weighting!r}: expected one of {LOSS_WEIGHTING}")
-        return run_config
+        return cls(**config)
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-able)."""
@@ -150,11 +363,9 @@ def _resolve_preset(config: RunConfig) -> Preset:
     if config.profile is None:
         raise ValueError("run config: 'profile' is missing (quick or full; `python -m cxrcore train` fills it from "
                          "$CXR_PROFILE)")
-    profile = config.profile.lower()
-    if profile not in ("quick", "full"):
-        raise ValueError(f"profile={profile!r}: expected quick or full")
     preset = get_preset(config.preset)
-    return with_overrides(quick_profile_preset(preset) if profile == "quick" else preset, config.overrides)
+    return with_overrides(quick_profile_preset(preset) if config.profile.lower() == "quick" else preset,
+                          config.overrides)
 
 
 def _runs_dir(runs_dir: str | Path | None) -> Path:
@@ -168,9 +379,7 @@ def _resolve_weights(config: RunConfig, runs_dir: Path, *, execute: bool) -> tup
     weights = config.weights
     if weights is None or weights == "imagenet":
         return weights, None
-    if isinstance(weights, dict):
-        if set(weights) != {"run"}:
-            raise ValueError(f"weights dict must be {{'run': CONFIG}}, got keys {sorted(weights)}")
+    if isinstance(weights, dict):  # {"run": config}, checked by RunConfig
         upstream = run(weights["run"], runs_dir=runs_dir) if execute else None
         key = upstream.key if upstream else run_key(weights["run"], runs_dir=runs_dir)
         path = runs_dir / key / "model.pt"
@@ -233,12 +442,32 @@ def _fits_in_memory(images: int, image_size: int) -> bool:
     return images * (1.5 * image_size) ** 2 <= CACHE_BYTES
 
 
-def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
-    from cxrcore.datasets import AUGMENTATIONS, ManifestDataset
+def _check_images(tables: dict[str, pd.DataFrame], sources: dict[str, str], data_root: Path) -> None:
+    """Every split's image files exist under data_root, else FileNotFoundError naming the missing ones (count, the
+    first few, the manifest, the root), or saying the root is wrong when it holds none of them."""
+    fix_root = (f"set the run config's data_root (`python -m cxrcore train` and the chapters take it from "
+                f"${DATA_ROOT_ENV}) to the folder the manifest's paths are relative to")
+    if not data_root.is_dir():
+        raise FileNotFoundError(f"data root {data_root} is not a folder: the data root is wrong; {fix_root}")
+    missing = {split: [p for p in rows["path"] if not (data_root / p).is_file()] for split, rows in tables.items()}
+    count, total = sum(map(len, missing.values())), sum(map(len, tables.values()))
+    if not count:
+        return
+    manifests = sorted(set(sources.values()))
+    if count == total:
+        first = data_root / next(iter(tables.values()))["path"].iloc[0]
+        raise FileNotFoundError(f"data root {data_root} holds none of the {total} image files of manifest "
+                                f"{', '.join(manifests)} (e.g. no {first}): the data root is wrong; {fix_root}")
+    per_split = ", ".join(f"{split}: {len(paths)} of {len(tables[split])} ({sources[split]})"
+                          for split, paths in missing.items() if paths)
+    shown = [str(data_root / path) for paths in missing.values() for path in paths][:SHOWN_MISSING]
+    raise FileNotFoundError(f"{count} of {total} image files of manifest {', '.join(manifests)} are missing under "
+                            f"data root {data_root} ({per_split}); the first: {shown}. Restore them, or rebuild the "
+                            "manifest without them (`python -m data_prep manifest ... --on-missing skip`)")
 
-    if preset.augment not in (False, True, *AUGMENTATIONS):
-        raise ValueError(f"preset {preset.name}: augmentation {preset.augment!r} is not implemented by "
-                         f"cxrcore.datasets (it has {AUGMENTATIONS}); set overrides={{'augment': ...}} to choose one")
+
+def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
+    from cxrcore.datasets import ManifestDataset
 
     manifest = load_manifest(config.manifest)
     test_source = load_manifest(config.test_manifest) if config.test_manifest else manifest
@@ -250,6 +479,8 @@ def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
         "test": _split_rows(test_source, config.test_split, config.views, config.max_test_images, config.seed,
                             config.test_manifest or config.manifest),
     }
+    _check_images(tables, {"train": config.manifest, "valid": config.manifest,
+                           "test": config.test_manifest or config.manifest}, data_root)
     common = {"data_root": data_root, "findings": config.findings, "policy": config.policy,
               "image_size": preset.image_size, "channels": config.channels,
               "cache": _fits_in_memory(sum(map(len, tables.values())), preset.image_size)}
@@ -267,9 +498,7 @@ def _loss_weights(config: RunConfig, train) -> dict:
 
     if config.loss_weighting == "pos_weight":
         return {"pos_weight": positive_weights(train.targets, train.mask)}
-    if config.loss_weighting == "paper002":
-        if config.head != "multiclass3":
-            raise ValueError("loss_weighting='paper002' needs head='multiclass3' (and policy 'u-multiclass')")
+    if config.loss_weighting == "paper002":  # with head multiclass3, as RunConfig checks
         return {"class_weight": multiclass_weights(train.targets, train.mask)}
     return {}
 
@@ -289,13 +518,10 @@ def _write_json(path: Path, payload: dict) -> None:
     atomic_write(path, lambda stream: stream.write(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
-def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, data_root: Path, progress: bool) -> dict:
+def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, datasets: tuple,
+           progress: bool) -> dict:
     """Train and test in `work`; returns the metrics dict (files written into `work`)."""
-    start = time.perf_counter()
-    train, valid, test = _datasets(config, preset, data_root)
-    if (config.head == "multiclass3") == train.targets.dtype.is_floating_point:
-        raise ValueError("head='multiclass3' and policy 'u-multiclass' (targets 0/1/2) go together; "
-                         f"got head={config.head!r} with policy={config.policy!r}")
+    train, valid, test = datasets
     model = build_model(config.arch, len(config.findings), channels=config.channels, large=config.large,
                         meta_features=3 if config.meta else 0, head=config.head, weights=weights,
                         freeze_backbone=config.freeze_backbone, seed=config.seed)
@@ -307,7 +533,8 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
     else:
         trained, loaders = model, (make_loader(train, shuffle=True, **loader), make_loader(valid, **loader))
     history = fit(trained, *loaders, cfg=cfg, class_names=config.findings, **_loss_weights(config, train))
-    predictions = predict(model, make_loader(test, **loader), class_names=config.findings, device=cfg.device)
+    predictions = predict(model, make_loader(test, **loader), class_names=config.findings, device=cfg.device,
+                          split="test")
     labels = predictions[config.findings]  # NaN where a label does not count (uncertain under u-multiclass)
     scores = predictions[[score_column(f) for f in config.findings]].to_numpy()
     aurocs = auroc_per_class(labels.fillna(0).to_numpy(), scores, labels.notna().to_numpy(), config.findings).to_dict()
@@ -321,35 +548,109 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
             "best_epoch": history.best_epoch, "select_by": history.select_by,
             "images": {"train": len(train), "valid": len(valid), "test": len(test)},
             "normalization": {"mean": train.mean, "std": train.std},
-            "weights": str(model.weights_report) if model.weights_report else "random initialisation",
-            "elapsed_s": time.perf_counter() - start}
+            "weights": str(model.weights_report) if model.weights_report else "random initialisation"}
 
 
-def run(config: dict | RunConfig, *, runs_dir: str | Path | None = None, force: bool = False,
-        progress: bool = False) -> Result:
-    """Train, validate and test one configured experiment, or read it back from the run cache."""
-    config = RunConfig.from_dict(config)
-    runs_dir = _runs_dir(runs_dir)
-    key = run_key(config, runs_dir=runs_dir)
-    final = runs_dir / key
-    if final.is_dir() and not force:
-        return _read_result(final, key)
+@contextmanager
+def _run_lock(runs_dir: Path, key: str) -> Iterator[None]:
+    """Hold runs_dir/.work-<key>.lock exclusively (fcntl.flock: released by the kernel when a holder dies); another
+    holder is waited for, saying so on stderr. The file is removed on release."""
+    path = runs_dir / f".work-{key}.lock"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a")  # closed on release, below
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"run {key}: another process is computing it (lock {path}); waiting for it", file=sys.stderr,
+                      flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            if path.exists() and os.path.samestat(os.fstat(handle.fileno()), path.stat()):
+                break
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # the holder before us removed this file on release: lock the one at the path now
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while holding it: a waiter on this file sees it gone and locks a new one
+        handle.close()
+
+
+def _work_folder(runs_dir: Path, key: str) -> Path:
+    """The run's work folder, without what dead writers left: atomic writes' temporary files and a forced rerun's
+    trash (only the lock holder writes there, so nothing of it is live); a resumable checkpoint is kept."""
+    for trash in runs_dir.glob(f".trash-{key}-*"):
+        shutil.rmtree(trash)
+    work = runs_dir / f".work-{key}"
+    for temporary in work.rglob(".*.tmp"):  # cxrcore.atomic's names: .NAME.XXXXXXXX.tmp
+        temporary.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _discard_unfinished(work: Path) -> None:
+    """Remove a failed run's work folder, unless it holds the epoch checkpoint the next run resumes from."""
+    if (work / "checkpoints" / "last.pt").is_file():
+        print(f"kept {work}: the next run of this config resumes from its last epoch checkpoint", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(work: Path, final: Path) -> None:
+    """Rename the finished work folder into place (with force, moving the old run aside first: one rename)."""
+    if final.is_dir():
+        trash = final.parent / f".trash-{final.name}-{os.getpid()}"
+        os.replace(final, trash)
+        shutil.rmtree(trash)
+    os.replace(work, final)
+
+
+def _compute(config: RunConfig, runs_dir: Path, key: str, force: bool, progress: bool) -> bool:
+    """Train the run into runs_dir/key under its lock; False when another process finished it meanwhile."""
     preset = _resolve_preset(config)
     weights, _ = _resolve_weights(config, runs_dir, execute=True)
     if not config.data_root:
         raise ValueError("run config: 'data_root' is missing (the folder with the sites' layouts)")
     data_root = Path(config.data_root)
-    work = runs_dir / f".work-{key}"
-    work.mkdir(parents=True, exist_ok=True)
-    metrics = _train(config, preset, weights, work, data_root, progress)
-    _write_json(work / "config.json", {"key": key, "run": config.to_dict(), "preset": preset.to_dict(),
-                                       "data_root": str(data_root), "key_material": _key_material(config, runs_dir)})
-    _write_json(work / "metrics.json", metrics)
-    if final.is_dir():  # force: move the old run aside first so the new one appears in one rename
-        trash = runs_dir / f".trash-{key}-{os.getpid()}"
-        os.replace(final, trash)
-        shutil.rmtree(trash)
-    os.replace(work, final)
+    final = runs_dir / key
+    with _run_lock(runs_dir, key):
+        if final.is_dir() and not force:
+            return False
+        start = time.perf_counter()
+        datasets = _datasets(config, preset, data_root)  # missing images are found here, before any work
+        work = _work_folder(runs_dir, key)
+        try:
+            metrics = _train(config, preset, weights, work, datasets, progress)
+            _write_json(work / "config.json", {"key": key, "run": config.to_dict(), "preset": preset.to_dict(),
+                                               "data_root": str(data_root),
+                                               "key_material": _key_material(config, runs_dir)})
+            _write_json(work / "metrics.json", {**metrics, "elapsed_s": time.perf_counter() - start})
+            _publish(work, final)
+        except BaseException:
+            _discard_unfinished(work)
+            raise
+    return True
+
+
+def run(config: dict | RunConfig, *, runs_dir: str | Path | None = None, force: bool = False,
+        progress: bool = False) -> Result:
+    """Train, validate and test one configured experiment, or read it back from the run cache.
+
+    A bad config raises ValueError naming the field before any work; missing image files raise FileNotFoundError
+    before the first epoch. A second process (or thread) running the same key at once waits for the first (an
+    exclusive lock on runs_dir/.work-<key>.lock, a message on stderr), then reads its run from the cache (with
+    force: trains again). A failed run leaves nothing in runs_dir, except a work folder with an epoch checkpoint,
+    from which the next run of the config resumes.
+    """
+    config = RunConfig.from_dict(config)
+    runs_dir = _runs_dir(runs_dir)
+    key = run_key(config, runs_dir=runs_dir)
+    final = runs_dir / key
+    if (final.is_dir() and not force) or not _compute(config, runs_dir, key, force, progress):
+        return _read_result(final, key)
     result = _read_result(final, key)
     result.cached = False
     return result
@@ -376,7 +677,7 @@ def predict_split(result: Result, split: str = "valid", *, device: str = "auto",
     dataset = evaluation_dataset(result, split)
     loader = make_loader(dataset, batch_size=int(result.config["preset"]["batch_size"]), num_workers=num_workers,
                          seed=int(result.config["run"]["seed"]))
-    return predict(result.load_model(), loader, class_names=dataset.findings, device=device)
+    return predict(result.load_model(), loader, class_names=dataset.findings, device=device, split=split)
 
 
 # ---------------------------------------------------------------- CLI
@@ -398,8 +699,14 @@ def main(args: argparse.Namespace) -> int:
         config = json.loads(args.config.read_text())
     except json.JSONDecodeError as err:
         raise SystemExit(f"{args.config}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise SystemExit(f"{args.config}: expected a JSON object of run config fields, got {type(config).__name__}")
     context = settings()  # the environment is read here, at the entry point, and passed down
     config = {"profile": context.profile, "data_root": str(context.data_root), **config}
+    try:
+        RunConfig.from_dict(config)
+    except (ValueError, KeyError) as err:  # a bad field: its message, without a traceback into the checks
+        raise SystemExit(f"{args.config}: {err.args[0]}") from err
     result = run(config, runs_dir=args.runs_dir or context.runs_dir, force=args.force, progress=not args.quiet)
     state = "cached" if result.cached else f"trained in {result.elapsed:.0f} s"
     print(f"run {result.key} ({state}): {result.run_dir}")

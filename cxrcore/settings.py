@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROFILES = ("quick", "full")
+DATA_ROOT_ENV = "CXR_DATA_ROOT"  # named in errors about a wrong data root
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def make_settings(profile: str, data_root: str | Path, runs_dir: str | Path) -> 
 def settings(default_data_root: str = "data/demo", default_runs_dir: str = "runs") -> Settings:
     """Settings from the environment (entry points only); relative defaults resolve against the cwd."""
     try:
-        return make_settings(os.environ.get("CXR_PROFILE", "quick"), os.environ.get("CXR_DATA_ROOT") or
+        return make_settings(os.environ.get("CXR_PROFILE", "quick"), os.environ.get(DATA_ROOT_ENV) or
                              default_data_root, os.environ.get("CXR_RUNS_DIR") or default_runs_dir)
     except ValueError as err:
         raise ValueError(f"CXR_PROFILE: {err}") from err

@@ -32,6 +32,8 @@ SELECT_BY = ("val_loss", "mean_auroc", "last")
 SCHEDULERS = ("plateau", "onecycle", "none")
 # config fields that may differ between a crashed run and its resumption
 _RESUME_FREE = {"epochs", "progress", "resume", "checkpoint_dir", "device", "compile"}
+# an epoch whose mean training loss exceeds this multiple of the chance loss has diverged (see `fit`)
+DIVERGED_FACTOR = 50.0
 
 
 @dataclass
@@ -170,6 +172,28 @@ def _batch_to(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
     return images, target, mask, features
 
 
+def _check_images(images: torch.Tensor, batch: dict, where: str) -> None:
+    """Raise naming the images of a batch that hold NaN/inf values (one test per batch, per image only on failure)."""
+    if bool(torch.isfinite(images.sum())):  # one reduction (5x cheaper than isfinite().all()): NaN/inf propagate
+        return
+    bad = (~torch.isfinite(images.flatten(1)).all(dim=1)).nonzero().flatten().tolist()
+    if not bad:  # the sum of finite values overflowed
+        return
+    paths = list(batch.get("path", [f"batch item {i}" for i in range(len(images))]))
+    raise FloatingPointError(f"{len(bad)} image(s) with NaN/inf pixel values {where}: {[paths[i] for i in bad]}; "
+                             "check those files (a float image holding NaN, or a normalization std of 0)")
+
+
+def _check_scores(prob: np.ndarray, ids: dict, split: str) -> None:
+    """Raise naming the images whose predicted probabilities are NaN/inf (their pixels were checked finite)."""
+    bad = np.flatnonzero(~np.isfinite(prob.reshape(len(prob), -1)).all(axis=1))
+    if bad.size:
+        paths = [ids["path"][i] for i in bad[:5]]
+        raise FloatingPointError(f"the model gives NaN/inf scores for {bad.size} of the {len(prob)} {split} images, "
+                                 f"first {paths}; their pixels are finite, so the model's weights hold NaN/inf "
+                                 "(a diverged run or a corrupt checkpoint): retrain with a lower learning rate")
+
+
 def _forward(model: nn.Module, images: torch.Tensor, features: torch.Tensor | None, uses_meta: bool) -> torch.Tensor:
     return model(images, features) if uses_meta else model(images)
 
@@ -198,8 +222,11 @@ class _Criterion:
 
 @torch.no_grad()
 def _collect(model: nn.Module, loader: DataLoader, device: torch.device, *, autocast: bool, channels_last: bool,
-             criterion: _Criterion | None = None) -> dict:
-    """Run the model over a loader: probabilities, targets, masks, ids and (optionally) the mean loss."""
+             split: str, criterion: _Criterion | None = None) -> dict:
+    """Run the model over a loader: probabilities, targets, masks, ids and (optionally) the mean loss.
+
+    NaN/inf images or scores raise a FloatingPointError naming `split` and the images' paths.
+    """
     uses_meta = bool(getattr(unwrap(model), "meta_features", 0))
     was_training = model.training
     model.eval()
@@ -207,6 +234,7 @@ def _collect(model: nn.Module, loader: DataLoader, device: torch.device, *, auto
     loss_sum, loss_weight = 0.0, 0.0
     for batch in loader:
         images, target, mask, features = _batch_to(batch, device, channels_last)
+        _check_images(images, batch, f"in the {split} images")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = _forward(model, images, features, uses_meta)
         if criterion is not None:
@@ -219,8 +247,10 @@ def _collect(model: nn.Module, loader: DataLoader, device: torch.device, *, auto
         for key in ids:
             ids[key].extend(batch.get(key, [""] * len(images)))
     model.train(was_training)
-    return {"prob": torch.cat(probs).numpy(), "target": torch.cat(targets).numpy(), "mask": torch.cat(masks).numpy(),
-            "ids": ids, "loss": loss_sum / loss_weight if loss_weight else float("nan")}
+    prob = torch.cat(probs).numpy()
+    _check_scores(prob, ids, split)
+    return {"prob": prob, "target": torch.cat(targets).numpy(), "mask": torch.cat(masks).numpy(), "ids": ids,
+            "loss": loss_sum / loss_weight if loss_weight else float("nan"), "counted": loss_weight}
 
 
 def _binary_view(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,13 +261,16 @@ def _binary_view(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def predict(model: nn.Module, loader: DataLoader, *, class_names: Sequence[str] | None = None,
-            device: str | torch.device = "auto", precision: str = "auto") -> pd.DataFrame:
+            device: str | torch.device = "auto", precision: str = "auto", split: str = "predicted") -> pd.DataFrame:
     """Per-image table in cxrcore.metrics' format: path, patient_id, study_id, <finding> (label 0/1, NaN where not
-    counted; uncertain under u-multiclass), <finding>_score (probability)."""
+    counted; uncertain under u-multiclass), <finding>_score (probability).
+
+    A NaN/inf image or score raises a FloatingPointError naming `split` (e.g. "test") and the images' paths.
+    """
     device = resolve_device(device) if isinstance(device, str) else device
     model = model.to(device)
     autocast = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    out = _collect(model, loader, device, autocast=autocast, channels_last=False)
+    out = _collect(model, loader, device, autocast=autocast, channels_last=False, split=split)
     names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(out["prob"].shape[1])]
     target, mask = _binary_view(out["target"], out["mask"])
     return predictions_frame(target, out["prob"], names, ids=out["ids"], mask=mask)
@@ -345,26 +378,28 @@ class _Trainer:
                      "config": self.cfg.to_dict()}, self.last_path)
 
     # -- one epoch
-    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
-        """Mean training loss (over ranks), images/s and seconds of the training pass."""
+    def train_epoch(self, epoch: int) -> tuple[float, float, float, float]:
+        """Mean training loss (over ranks), its chance loss (logits 0 on the same labels), images/s and seconds."""
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
         loss_sum, images_seen, start = 0.0, 0, time.perf_counter()
+        chance_sum = torch.zeros((), device=self.device)  # a tensor: no extra device sync per step
         total = self.steps_per_epoch()
         bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, mininterval=1.0,
                    disable=not self.cfg.progress or self.rank != 0)
         for step, batch in enumerate(self.train_loader, start=1):
             images, target, mask, features = _batch_to(batch, self.device, self.channels_last)
+            _check_images(images, batch, f"in the training batch at epoch {epoch}, step {step}")
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 logits = _forward(self.model, images, features, self.uses_meta)
             loss = self.criterion.train(logits, target, mask)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                paths = list(batch.get("path", []))[:3]
-                raise FloatingPointError(f"training loss is {loss_value} at epoch {epoch}, step {step} "
-                                         f"(batch of {len(images)} images starting {paths}); lower the learning "
-                                         "rate or check the inputs for NaN/inf")
+                raise FloatingPointError(f"training diverged: the loss is {loss_value} at epoch {epoch}, step {step} "
+                                         f"(its {len(images)} images are finite); lower the learning rate "
+                                         f"(lr={self.cfg.lr:g})")
+            chance_sum += self.criterion.train(torch.zeros_like(logits), target, mask).detach() * len(images)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -379,19 +414,33 @@ class _Trainer:
                 break
         bar.close()
         seconds = time.perf_counter() - start
-        totals = torch.tensor([loss_sum, float(images_seen)], dtype=torch.float64)
+        totals = torch.tensor([loss_sum, float(images_seen), float(chance_sum)], dtype=torch.float64)
         if self.distributed:
             totals = totals.to(self.device)
             dist.all_reduce(totals)
-        loss_sum, images_all = totals.tolist()
-        return loss_sum / max(images_all, 1.0), images_all / seconds, seconds
+        loss_sum, images_all, chance_sum = totals.tolist()
+        return loss_sum / max(images_all, 1.0), chance_sum / max(images_all, 1.0), images_all / seconds, seconds
+
+    def check_diverged(self, epoch: int, loss: float, chance: float) -> None:
+        """Stop a run whose training loss diverged (the rule is in `fit`'s docstring)."""
+        if loss > DIVERGED_FACTOR * chance:
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch}: mean training loss {loss:.3g} is {loss / chance:.0f} times the "
+                f"loss of predicting 0.5 for every label ({chance:.3g}; the limit is {DIVERGED_FACTOR:g} times); "
+                f"lower the learning rate (lr={self.cfg.lr:g}, try {self.cfg.lr / 10:g})")
+
+    def check_validation(self, epoch: int, val: dict) -> None:
+        """Stop a run whose validation loss is NaN/inf where labels count (before it is saved or selected)."""
+        if val["val_counted"] and not math.isfinite(val["val_loss"]):
+            raise FloatingPointError(f"training diverged at epoch {epoch}: the validation loss is {val['val_loss']}; "
+                                     f"lower the learning rate (lr={self.cfg.lr:g}, try {self.cfg.lr / 10:g})")
 
     def validate(self) -> dict:
         """Validation loss and per-class AUROC (rank 0 computes, every rank receives)."""
         payload = [None]
         if self.rank == 0:
             out = _collect(self.plain, self.valid_loader, self.device, autocast=self.autocast,
-                           channels_last=self.channels_last, criterion=self.criterion)
+                           channels_last=self.channels_last, split="validation", criterion=self.criterion)
             names = self.class_names or [f"class_{k}" for k in range(out["prob"].shape[1])]
             self.class_names = names
             target, mask = _binary_view(out["target"], out["mask"])
@@ -399,7 +448,7 @@ class _Trainer:
                 warnings.simplefilter("ignore")
                 aurocs = auroc_per_class(target, out["prob"], mask, names).to_dict()
             values = [v for v in aurocs.values() if not math.isnan(v)]
-            payload = [{"val_loss": out["loss"], "aurocs": aurocs,
+            payload = [{"val_loss": out["loss"], "val_counted": out["counted"], "aurocs": aurocs,
                         "mean_auroc": float(np.mean(values)) if values else float("nan")}]
         if self.distributed:
             dist.broadcast_object_list(payload, src=0)
@@ -409,8 +458,10 @@ class _Trainer:
         for epoch in range(self.start_epoch, self.cfg.epochs + 1):
             epoch_start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            loss, images_per_s, _ = self.train_epoch(epoch)
+            loss, chance, images_per_s, _ = self.train_epoch(epoch)
+            self.check_diverged(epoch, loss, chance)
             val = self.validate()
+            self.check_validation(epoch, val)
             if self.cfg.scheduler == "plateau":
                 self.scheduler.step(val["val_loss"])
             record = {"epoch": epoch, "loss": loss, "val_loss": val["val_loss"],
@@ -450,6 +501,13 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         class_weight: torch.Tensor | None = None,
         on_epoch_end: Callable[[int, History], None] | None = None) -> History:
     """Train with Adam (+ ReduceLROnPlateau), validate each epoch, keep the best epoch; resumable from checkpoints.
+
+    A diverged run raises a FloatingPointError (so no caller saves it as a result): a non-finite training loss at
+    any step, an epoch whose mean training loss exceeds DIVERGED_FACTOR (50) times the chance loss (the same
+    criterion with logits 0, i.e. probability 0.5 for every label: ln 2 for unweighted BCE; predicting the
+    prevalences scores at most that), or a NaN/inf validation loss. The validation loss has no upper limit:
+    BatchNorm's running statistics after a few steps give validation losses of 1e4 times chance while training is
+    healthy (ResNet-18, lr 1e-2, three steps an epoch). NaN/inf images raise naming their paths.
 
     Seeds torch/python RNGs from cfg.seed inside a forked RNG scope, so the caller's global RNG state is untouched.
     `class_weight` is (K,) for bce or (K, 3) for multiclass3; `on_epoch_end(epoch, history)` runs after each epoch.

@@ -57,6 +57,8 @@ def dicom_to_png(
 ) -> Path:
     """Convert one DICOM file to an 8-bit grayscale PNG whose longer side is `size`; atomic, no silent overwrite."""
     dst = Path(dst)
+    if size < 1:
+        raise ValueError(f"size (--size) must be a positive number of pixels, got {size}")
     if dst.exists() and not force:
         raise FileExistsError(f"{dst} exists; pass force=True (--force) to overwrite it")
     image = dicom_to_array(src, window)
@@ -76,7 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Convert every SRC into --out; stops before writing anything if an output exists without --force."""
+    """Convert every SRC into --out; stops before writing anything if an input is missing or an output exists
+    without --force."""
+    missing = [str(src) for src in args.src if not src.is_file()]
+    if missing:
+        raise SystemExit(f"dicom: {len(missing)} input(s) not found, e.g. {missing[:3]}; nothing was converted")
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"dicom: --out {args.out} is a file; give a folder for the PNG files")
     targets = [args.out / f"{src.stem}.png" for src in args.src]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.force:
@@ -84,6 +92,9 @@ def main(args: argparse.Namespace) -> int:
     if len(set(targets)) != len(targets):
         raise SystemExit("two inputs share a file name stem; convert them into different --out folders")
     for src, dst in zip(args.src, targets, strict=True):
-        dicom_to_png(src, dst, size=args.size, window=args.window, force=args.force)
+        try:
+            dicom_to_png(src, dst, size=args.size, window=args.window, force=args.force)
+        except ValueError as err:  # the message names the file; no traceback
+            raise SystemExit(f"dicom: {err}") from err
         print(f"{src} -> {dst}")
     return 0

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cxrcore.findings import HOSPITAL_FINDINGS
 from cxrcore.manifest import FINAL_SPLITS, REQUIRED_COLUMNS, SEXES, require_columns, write_manifest
+from data_prep.report_labeler import check_output, label_reports, read_text_csv
 from data_prep.splits import nih_official_split, split_patients
 from data_prep.tables import NIH_COLUMNS, chexpert_rows, nih_rows
 from data_prep.tables import map_values as _map_values
@@ -108,8 +109,6 @@ def read_nih(data_root: str | Path, on_missing: str = "raise") -> pd.DataFrame:
 # -------------------------------------------------------------------------------------------- hospital
 def _hospital_labels(reports: pd.Series, source: Path, negation: bool) -> pd.DataFrame:
     """Labels of the reports from data_prep.report_labeler, checked to be 1/0 in the expected columns."""
-    from data_prep.report_labeler import label_reports  # lazy: the labeler is only needed for this site
-
     labels = label_reports(reports.fillna("").astype(str).tolist(), negation=negation)
     require_columns(labels, HOSPITAL_FINDINGS, "report labeler output")
     if len(labels) != len(reports):
@@ -120,12 +119,25 @@ def _hospital_labels(reports: pd.Series, source: Path, negation: bool) -> pd.Dat
     return pd.DataFrame(values, columns=HOSPITAL_FINDINGS, index=reports.index)
 
 
-def read_hospital(data_root: str | Path, negation: bool = False) -> pd.DataFrame:
-    """The hospital site: hospital/reports.csv, images under hospital/images, labels by the keyword labeler
-    (paper 000's Table 1 keywords without negation detection by default, as the paper labeled its site)."""
+def _ages(column: pd.Series, source: Path, names: pd.Series) -> pd.Series:
+    """Ages in years as float (empty stays empty); a value that is not a number raises naming its row."""
+    ages = pd.to_numeric(column, errors="coerce").astype(float)
+    bad = ages.isna() & column.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{source}: Age {column.iloc[i]!r} at row {i} ({names.iloc[i]}) is not a number of years")
+    return ages
+
+
+def read_hospital(data_root: str | Path, negation: bool = False, encoding: str = "utf-8") -> pd.DataFrame:
+    """The hospital site: hospital/reports.csv (text in `encoding`), images under hospital/images, labels by the
+    keyword labeler (paper 000's Table 1 keywords without negation detection by default, as the paper did)."""
     folder = Path(data_root) / HOSPITAL_DIR
     source = folder / "reports.csv"
-    table = _read_csv(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: the hospital site is a reports.csv with columns "
+                                f"{HOSPITAL_COLUMNS} and its images under {folder}")
+    table = read_text_csv(source, encoding)
     require_columns(table, HOSPITAL_COLUMNS, source)
     views = {"PA": ("frontal", "PA"), "AP": ("frontal", "AP"), "LL": ("lateral", "LL")}
     pairs = _map_values(table["View"], views, "View", source, table["Path"])
@@ -137,7 +149,7 @@ def read_hospital(data_root: str | Path, negation: bool = False) -> pd.DataFrame
         "view": pairs.str[0],
         "projection": pairs.str[1],
         "sex": _map_values(table["Sex"].fillna("U"), {s: s for s in SEXES}, "Sex", source, table["Path"]),
-        "age": pd.to_numeric(table["Age"], errors="raise").astype(float),
+        "age": _ages(table["Age"], source, table["Path"]),
         "split": "trainval",
     })
     return pd.concat([manifest, _hospital_labels(table["Report"], source, negation)], axis=1)
@@ -194,23 +206,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="missing image files: stop (default) or leave them out, logging the count")
     parser.add_argument("--negation", action="store_true",
                         help="hospital: label reports with the negation-aware labeler instead of paper 000's")
+    parser.add_argument("--encoding", default="utf-8",
+                        help="hospital: text encoding of reports.csv (default utf-8; e.g. cp1252 if saved by Excel)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing manifest")
+
+
+def _read_site(args: argparse.Namespace) -> pd.DataFrame:
+    """The manifest of `args.site`: read from its layout, split, image files checked."""
+    if args.site == "nih":
+        df = read_nih(args.root, args.on_missing)
+    elif args.site == "hospital":
+        df = read_hospital(args.root, negation=args.negation, encoding=args.encoding)
+    else:
+        df = read_chexpert(args.root)
+    df = assign_splits(df, args.site, args.split_seed, args.valid_fraction)
+    return check_files(df, args.root, args.on_missing).reset_index(drop=True)
 
 
 def main(args: argparse.Namespace) -> int:
     """Read, split, check files and write one site's manifest."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.out.exists() and not args.force:
-        raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
-    if args.site == "nih":
-        df = read_nih(args.root, args.on_missing)
-    elif args.site == "hospital":
-        df = read_hospital(args.root, negation=args.negation)
-    else:
-        df = read_chexpert(args.root)
-    df = assign_splits(df, args.site, args.split_seed, args.valid_fraction)
-    df = check_files(df, args.root, args.on_missing).reset_index(drop=True)
-    write_manifest(df, args.out, force=args.force)
+    check_output(args.out, args.force, "manifest")
+    if args.encoding != "utf-8" and args.site != "hospital":
+        raise SystemExit(f"manifest: --encoding applies to the hospital site's reports.csv only, not {args.site}")
+    try:
+        df = _read_site(args)
+        write_manifest(df, args.out, force=args.force)
+    except (OSError, ValueError) as err:  # a message naming the file and row, without a traceback
+        raise SystemExit(f"manifest: {err}") from err
     counts = df["split"].value_counts().reindex(FINAL_SPLITS, fill_value=0)
     print(f"wrote {args.out}: {len(df)} images of {df['patient_id'].nunique()} patients "
           f"({', '.join(f'{k} {v}' for k, v in counts.items())})")

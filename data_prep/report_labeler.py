@@ -24,6 +24,8 @@ tokens are kept as text but are not counted as words of a negation scope (one to
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -198,20 +200,86 @@ def label_reports(texts: Sequence[str], negation: bool = False, uncertain_as: in
     return pd.DataFrame(rows, index=index, columns=list(CLASSES)).astype(int)
 
 
+# ------------------------------------------------------------------------------------------- CSV input
+ENCODING_ADVICE = ("re-save it as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 IN > OUT`), or, if you "
+                   "know the encoding it was saved in, pass --encoding NAME (e.g. cp1252 for Excel on Windows, "
+                   "latin-1)")
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes kept by the surrogateescape error handler
+
+
+def _codec(encoding: str) -> str:
+    """The Python codec for a user's --encoding (UTF-8 also accepts Excel's byte-order mark)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8, cp1252 or "
+                         "latin-1") from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def _culprit_cell(data: bytes, codec: str) -> str:
+    """Where the first undecodable byte sits in the table: 'row R (COL0=ID), column C', or '' if unparsable."""
+    try:
+        table = pd.read_csv(io.StringIO(data.decode(codec, "surrogateescape")), dtype=str, keep_default_na=False,
+                            engine="python")  # the C parser cannot hold the escaped bytes
+    except (ValueError, pd.errors.ParserError):
+        return ""
+    bad_header = [c for c in table.columns if _UNDECODED.search(c)]
+    if bad_header:
+        return "in the header row"
+    for column in table.columns:
+        bad = table[column].str.contains(_UNDECODED)
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            first = table.columns[0]
+            named = "" if column == first else f" ({first}={table[first].iloc[row][:60]!r})"
+            return f"in row {row}{named}, column {column!r}"
+    return ""
+
+
+def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, codec: str) -> str:
+    """An error message naming the file, line, byte position, row and column of an undecodable byte."""
+    line = data.count(b"\n", 0, err.start) + 1
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1)
+    where = _culprit_cell(data, codec)
+    return (f"{path}: not valid {encoding} text: byte 0x{data[err.start]:02x} at byte {err.start} of the file "
+            f"(line {line}, byte {column} of the line){' ' + where if where else ''}; {ENCODING_ADVICE}")
+
+
+def read_text_csv(path: str | Path, encoding: str = "utf-8", **options) -> pd.DataFrame:
+    """A CSV table decoded with `encoding` (never guessed); errors name the file and, for bad bytes, the row."""
+    path = Path(path)
+    codec = _codec(encoding)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as err:
+        raise ValueError(decode_error(path, data, err, encoding, codec)) from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty: expected a CSV file with a header row")
+    try:
+        return pd.read_csv(io.StringIO(text), **options)
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: not a readable CSV table: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m data_prep label-reports`."""
     parser.add_argument("--in", dest="input", required=True, type=Path, help="CSV file with one report per row")
     parser.add_argument("--text-column", required=True, help="name of the column holding the report text")
     parser.add_argument("--out", required=True, type=Path, help="CSV to write: the input rows plus a column per class")
     parser.add_argument("--negation", action="store_true", help="use the negation/uncertainty-aware variant")
+    parser.add_argument("--encoding", default="utf-8",
+                        help="text encoding of --in (default utf-8; e.g. cp1252 for a CSV saved by Excel on Windows)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
-def label_csv(input_path: Path, text_column: str, negation: bool) -> pd.DataFrame:
-    """The rows of `input_path` plus one 1/0 column per class labeled from `text_column`."""
-    if not input_path.is_file():
-        raise FileNotFoundError(f"{input_path}: no such file")
-    table = pd.read_csv(input_path, dtype=str, keep_default_na=False)
+def label_csv(input_path: Path, text_column: str, negation: bool, encoding: str = "utf-8") -> pd.DataFrame:
+    """The rows of `input_path` (read with `encoding`) plus one 1/0 column per class labeled from `text_column`."""
+    table = read_text_csv(input_path, encoding, dtype=str, keep_default_na=False)
     if text_column not in table.columns:
         raise ValueError(f"{input_path}: no column {text_column!r}; columns are {list(table.columns)}")
     clashing = [c for c in CLASSES if c in table.columns]
@@ -222,13 +290,22 @@ def label_csv(input_path: Path, text_column: str, negation: bool) -> pd.DataFram
 
 def main(args: argparse.Namespace) -> int:
     """Label a CSV of reports and write it with one 1/0 column per class."""
-    if args.out.exists() and not args.force:
-        raise SystemExit(f"label-reports: {args.out} exists; pass --force to overwrite it")
+    check_output(args.out, args.force, "label-reports", args.input)
     try:
-        labeled = label_csv(args.input, args.text_column, args.negation)
+        labeled = label_csv(args.input, args.text_column, args.negation, args.encoding)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise SystemExit(f"label-reports: {err}") from err
     atomic_write(args.out, lambda stream: labeled.to_csv(stream, index=False))
     counts = ", ".join(f"{c}={int(labeled[c].sum())}" for c in CLASSES)
     print(f"labeled {len(labeled)} reports -> {args.out} ({counts})")
     return 0
+
+
+def check_output(out: Path, force: bool, command: str, source: Path | None = None) -> None:
+    """Stop before any work when --out is a folder, is the input itself, or exists without --force."""
+    if out.is_dir():
+        raise SystemExit(f"{command}: --out {out} is a folder; give the path of a CSV file to write")
+    if source is not None and out.exists() and out.resolve() == source.resolve():
+        raise SystemExit(f"{command}: --out {out} is the input file; write the result to another file")
+    if out.exists() and not force:
+        raise SystemExit(f"{command}: {out} exists; pass --force to overwrite it")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import Pool
@@ -22,12 +23,82 @@ from data_prep.synth.templates import lung_templates
 
 VERSION = "1.0"
 SITE_DIRS = {"chexpert": "CheXpert-v1.0-small", "nih": "ChestX-ray14", "hospital": "hospital"}
-OUR_OUTPUTS = [*SITE_DIRS.values(), "_synth", "synth_meta.json", ".complete"]
+RECORD = "_synth/files.txt"  # every file a run writes, listed before it writes them: what --force may remove
+TABLE_FILES = [
+    f"{SITE_DIRS['chexpert']}/train.csv",
+    f"{SITE_DIRS['chexpert']}/valid.csv",
+    f"{SITE_DIRS['nih']}/Data_Entry_2017_v2020.csv",
+    f"{SITE_DIRS['nih']}/train_val_list.txt",
+    f"{SITE_DIRS['nih']}/test_list.txt",
+    f"{SITE_DIRS['hospital']}/reports.csv",
+]
 SEX_CODE = {"Male": "M", "Female": "F"}
 
 
+def _ground_truth_files() -> list[str]:
+    """The per-site ground-truth tables under _synth/."""
+    return [f"_synth/{site}_{kind}.csv" for site in SITE_DIRS for kind in ("images", "signs")]
+
+
+def fixed_files() -> list[str]:
+    """The files every run writes whatever its size: meta, done marker, record, site tables, ground truth."""
+    return ["synth_meta.json", ".complete", RECORD, *TABLE_FILES, *_ground_truth_files()]
+
+
+def mask_path(image_path: str) -> str:
+    """Where the mask PNG of an image goes: _synth/masks/<image path>.png."""
+    return (Path("_synth/masks") / Path(image_path).with_suffix(".png")).as_posix()
+
+
+def write_record(root: Path, jobs: list[dict]) -> None:
+    """_synth/files.txt: every file this run will write (sorted), written before the images."""
+    files = sorted({*fixed_files(), *(job["path"] for job in jobs), *(mask_path(job["path"]) for job in jobs)})
+    text = "".join(f"{name}\n" for name in files)
+    atomic_write(root / RECORD, lambda stream: stream.write(text))
+
+
+def recorded_files(root: Path) -> set[str]:
+    """The files a previous run wrote under root: its record, else (older trees) its ground-truth tables."""
+    if (root / RECORD).is_file():
+        return set((root / RECORD).read_text().splitlines())
+    ours = set(fixed_files())
+    tables = [root / name for name in _ground_truth_files() if name.endswith("_images.csv")]
+    if all(table.is_file() for table in tables):  # a complete tree written before the record existed
+        for table in tables:
+            images = pd.read_csv(table, usecols=["path", "mask"], dtype=str)
+            ours |= set(images["path"]) | set(images["mask"])
+    return ours
+
+
+def foreign_files(root: Path, ours: set[str]) -> list[str]:
+    """Files (and links) under root that are not in `ours`, as sorted paths relative to root."""
+    foreign = []
+    for folder, dirs, files in os.walk(root):
+        linked = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        for name in [*files, *linked]:
+            relative = Path(folder, name).relative_to(root).as_posix()
+            if relative not in ours:
+                foreign.append(relative)
+    return sorted(foreign)
+
+
+def remove_recorded(root: Path, ours: set[str]) -> None:
+    """Delete the recorded files, then those of their folders left empty (never anything else)."""
+    (root / ".complete").unlink(missing_ok=True)  # first: a half-removed tree must not look complete
+    folders = set()
+    for name in ours:
+        target = root / name
+        if target.is_file() or target.is_symlink():
+            target.unlink()
+        folders.update(parent for parent in Path(name).parents if parent != Path("."))
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty (or gone): leave it
+            (root / folder).rmdir()
+
+
 def prepare_root(root: Path, force: bool) -> None:
-    """Refuse a non-empty root without force; with force clear only a previous synthetic tree (never real data)."""
+    """Refuse a non-empty root without force; with force remove only the files a previous run recorded, and
+    refuse, naming them, if the tree holds any other file (a user's file is never deleted)."""
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not a directory")
     if root.exists() and any(root.iterdir()):
@@ -38,13 +109,15 @@ def prepare_root(root: Path, force: bool) -> None:
                 f"{root} holds files not written by `synth` (no synth_meta.json): refusing to "
                 "delete them even with --force; choose an empty --out"
             )
-        (root / ".complete").unlink(missing_ok=True)
-        for name in OUR_OUTPUTS:
-            target = root / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        ours = recorded_files(root)
+        foreign = foreign_files(root, ours)
+        if foreign:
+            raise FileExistsError(
+                f"{root / foreign[0]} was not written by `synth` ({len(foreign)} such file(s) in {root}, e.g. "
+                f"{foreign[:3]}): --force only replaces synth's own files; move these out of {root} or choose "
+                "another --out"
+            )
+        remove_recorded(root, ours)
     root.mkdir(parents=True, exist_ok=True)
 
 
@@ -164,9 +237,9 @@ def _render_and_save(job: dict) -> dict:
         Image.fromarray(image).save(target, quality=STYLES[job["site"]].jpeg_quality)
     else:
         Image.fromarray(image).save(target)
-    mask_path = Path("_synth/masks") / Path(job["path"]).with_suffix(".png")
-    (_WORKER["root"] / mask_path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(masks).save(_WORKER["root"] / mask_path)
+    mask = mask_path(job["path"])
+    (_WORKER["root"] / mask).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(masks).save(_WORKER["root"] / mask)
     return {
         "path": job["path"],
         "site": job["site"],
@@ -174,7 +247,7 @@ def _render_and_save(job: dict) -> dict:
         "projection": job["projection"],
         "height": job["height"],
         "width": job["width"],
-        "mask": str(mask_path),
+        "mask": mask,
         **record,
     }
 
@@ -220,6 +293,7 @@ def generate(root: Path, per_site: int, size: int, seed: int, workers: int, forc
         parts, tables = _plan_sites(seed, per_site, size)
         templates, aspects = pending.result()
     jobs = [job for site in SITES for job in parts[site][0]]
+    write_record(root, jobs)
     prepared = time.perf_counter()
     with Pool(workers, initializer=_init_worker, initargs=(templates, aspects, str(root))) as pool:
         results = list(tqdm(pool.imap(_render_and_save, jobs, chunksize=8), total=len(jobs), desc="synth", unit="img"))
