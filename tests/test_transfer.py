@@ -174,6 +174,8 @@ def test_size_sweep_in_words() -> None:
     assert words["ts_gaps"].startswith("100 images +0.140 (+0.090 to +0.190); 300 images +0.100")
     assert words["ts_clear"] == "The interval lies wholly above zero at 100 and 300 training images"
     assert words["ts_trend"].startswith("shrinks.")
+    sweep.loc[2, "difference"] = 0.15  # larger at 300 than at 100, smallest at 600
+    assert transfer_sizes.describe(sweep)["ts_trend"].startswith("shrinks, though not at every step.")
     sweep["difference"] = sweep["difference"][::-1].to_numpy()  # now it grows
     assert transfer_sizes.describe(sweep)["ts_trend"].startswith("does not shrink")
 
