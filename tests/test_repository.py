@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,21 @@ def test_every_chapter_is_in_the_toc() -> None:
     chapters = [p for p in (ROOT / "book").glob("*") if p.suffix in {".md", ".ipynb"}]
     pages = {str(p.relative_to(ROOT).with_suffix("")) for p in chapters}
     assert pages <= listed, f"pages not in _toc.yml (they would not be built): {sorted(pages - listed)}"
+
+
+def _package_name(requirement: str) -> str:
+    """'scikit-learn>=1.4' -> 'scikit-learn' (lower case, '_' as '-')."""
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_conda_environment_lists_every_project_dependency() -> None:
+    tomllib = pytest.importorskip("tomllib")  # standard library from Python 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_package_name(r) for r in project["dependencies"]}
+    wanted |= {_package_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+    conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    listed = {_package_name(d) for d in conda if isinstance(d, str)}
+    listed |= {_package_name(d) for entry in conda if isinstance(entry, dict) for d in entry.get("pip", [])}
+    listed = {"torch" if name == "pytorch" else name for name in listed}  # conda's name for the same package
+    missing = sorted(wanted - listed)
+    assert not missing, f"environment.yml lacks {missing}, which pyproject.toml's dependencies or extras name"
