@@ -531,7 +531,9 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
     if config.feature_cache:
         trained, loaders = HeadOnly(model), feature_loaders(model, train, valid, device=cfg.device, **loader)
     else:
-        trained, loaders = model, (make_loader(train, shuffle=True, **loader), make_loader(valid, **loader))
+        lone = len(train) % preset.batch_size == 1  # a batch of one image cannot train BatchNorm: dropped
+        trained, loaders = model, (make_loader(train, shuffle=True, drop_last=lone, **loader),
+                                   make_loader(valid, **loader))
     history = fit(trained, *loaders, cfg=cfg, class_names=config.findings, **_loss_weights(config, train))
     predictions = predict(model, make_loader(test, **loader), class_names=config.findings, device=cfg.device,
                           split="test")
@@ -661,23 +663,29 @@ def _saved_preset(saved: dict) -> Preset:
     return Preset(**{**saved, "betas": tuple(saved["betas"]), "chosen": tuple(saved["chosen"])})
 
 
-def evaluation_dataset(result: Result, split: str = "valid") -> ManifestDataset:
+def evaluation_dataset(result: Result, split: str = "valid", manifest: str | Path | None = None) -> ManifestDataset:
     """A finished run's validation or test images as its model saw them: no augmentation, the run's normalization
-    (a `cxrcore.datasets.ManifestDataset`; items hold the normalized image, labels and ids)."""
+    (a `cxrcore.datasets.ManifestDataset`; items hold the normalized image, labels and ids). With `manifest`, that
+    manifest's `split` images instead (another site's test images, say), prepared the same way."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     config = RunConfig.from_dict(result.config["run"])
+    if manifest is not None:  # the run's own training images still give "dataset" normalization its statistics
+        config = dataclasses.replace(config, test_manifest=str(manifest), test_split=split, max_test_images=None)
+        split = "test"
     _, valid, test = _datasets(config, _saved_preset(result.config["preset"]), Path(result.config["data_root"]))
     return valid if split == "valid" else test
 
 
-def predict_split(result: Result, split: str = "valid", *, device: str = "auto", num_workers: int = 0) -> pd.DataFrame:
-    """A finished run's model on its own validation (or test) images: the per-image table of
-    `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
-    dataset = evaluation_dataset(result, split)
+def predict_split(result: Result, split: str = "valid", *, manifest: str | Path | None = None, device: str = "auto",
+                  num_workers: int = 0) -> pd.DataFrame:
+    """A finished run's model on its own validation (or test) images, or on another manifest's: the per-image table
+    of `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
+    dataset = evaluation_dataset(result, split, manifest)
     loader = make_loader(dataset, batch_size=int(result.config["preset"]["batch_size"]), num_workers=num_workers,
                          seed=int(result.config["run"]["seed"]))
-    return predict(result.load_model(), loader, class_names=dataset.findings, device=device, split=split)
+    where = split if manifest is None else f"{split} of {manifest}"
+    return predict(result.load_model(), loader, class_names=dataset.findings, device=device, split=where)
 
 
 # ---------------------------------------------------------------- CLI

@@ -175,3 +175,11 @@ def test_three_class_head_trains_and_reports_the_positive_probability(site, tmp_
     counted = result.predictions["Pleural Effusion"].notna().to_numpy()
     assert not counted[(source == -1).to_numpy()].any()  # an uncertain label is not scored
     assert counted[source.isin([0, 1]).to_numpy()].all()
+
+
+def test_a_last_batch_of_one_image_is_dropped_so_batchnorm_trains(site, tmp_path):
+    """12 training images in batches of 11 would leave one image alone, on which BatchNorm cannot train."""
+    root, manifest = site
+    config = _config(root, manifest, overrides={"image_size": 32, "epochs": 1, "batch_size": 11})
+    result = run(config, runs_dir=tmp_path / "runs")
+    assert result.metrics["images"]["train"] == 12 and len(result.history) == 1

@@ -6,14 +6,15 @@ import argparse
 import sys
 import time
 
-from cxrcore.experiments import EXPERIMENTS, experiment
+from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, experiment
 from cxrcore.experiments.training import train_stages
 from cxrcore.settings import settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m cxrcore experiment`."""
-    parser.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment (all: train every one)")
+    parser.add_argument("name", choices=[*EXPERIMENTS, "all"],
+                        help="the experiment (all: train every one the book's chapters read)")
     parser.add_argument("--format", choices=("table", "csv"), default="table", help="how to print the results")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at once, each in its own process with cores/jobs threads (default 1)")
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Train what is missing from the run cache, then print the results table (settings from the environment)."""
     context = settings()
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    names = list(BOOK_EXPERIMENTS) if args.name == "all" else [args.name]
     start = time.perf_counter()
     print(f"==> experiment {', '.join(names)} ({context.profile} profile, runs in {context.runs_dir})",
           file=sys.stderr, flush=True)

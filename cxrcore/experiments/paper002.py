@@ -1,0 +1,146 @@
+"""Experiment "paper002": Wei and Jethani's questions (paper 002) on the CheXpert site, with DenseNet-121.
+
+* data: the CheXpert layout's train.csv split patient-wise 90/10 into training and validation; the test images are
+  valid.csv, every view: its labels are radiologists' and certain, as the CheXpert competition and paper 002 score.
+* recipe: paper 002's (Adam, lr 1e-4, 3 epochs, the model after the last epoch), fine-tuned from the pretrained
+  DenseNet-121 of the transfer experiment (ImageNet when cached, else the shared source model).
+* sections, each a set of variants with the other two knobs at the baseline (every view, ImageNet statistics,
+  U-Ones); the baseline is one run shared by the three sections:
+
+  - views (paper 002 section 5.2.1): frontal+lateral | frontal, same count | frontal, fewer
+    (`data_prep.splits.view_arms`);
+  - normalization: ImageNet mean/std | the training images' own statistics | none;
+  - uncertainty: U-Ignore | U-Zeros | U-Ones | U-MultiClass (a 3-class softmax head, paper 002's weighted loss).
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from cxrcore.experiments import source_models, transfer
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row, scored_findings
+from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
+from cxrcore.metrics import summarize
+from cxrcore.runner import Result, predict_split, run
+from cxrcore.settings import Settings
+from data_prep.manifests import read_chexpert
+from data_prep.splits import VIEW_ARMS, split_patients, view_arms
+
+NAME = "paper002"
+ARCHITECTURE = source_models.ARCHITECTURES[0]  # DenseNet-121, paper 002's network
+FINDINGS = transfer.TARGET_FINDINGS
+PRESET = "paper002"
+FRACTIONS = {"train": 0.9, "valid": 0.1}  # of train.csv's patients; valid.csv is the test set
+QUICK_TRAIN_IMAGES = 600  # training images of every variant in the quick profile (whole patients)
+SPLIT_SEED = 0
+SECTIONS = {
+    "views": VIEW_ARMS,
+    "normalization": ("imagenet", "dataset", "none"),
+    "uncertainty": ("u-ignore", "u-zeros", "u-ones", "u-multiclass"),
+}
+BASELINE = {"views": "frontal+lateral", "normalization": "imagenet", "uncertainty": "u-ones"}
+STUDY_COLUMNS = ["study_mean_auroc_max", "study_mean_auroc_mean"]  # views aggregated per study, by max and mean
+
+
+def site_table(data_root: Path) -> pd.DataFrame:
+    """The CheXpert site, every view: train.csv split patient-wise into train/valid, valid.csv as "test"."""
+    table = read_chexpert(data_root).reset_index(drop=True)
+    trainval = table["split"] == "trainval"
+    table.loc[trainval, "split"] = split_patients(table[trainval], FRACTIONS, seed=SPLIT_SEED).to_numpy()
+    assert_patient_disjoint(table)
+    return table
+
+
+def train_images(table: pd.DataFrame, profile: str) -> int:
+    """Training images of every variant: a few hundred in the quick profile, else every frontal training image
+    (so that the frontal-only variant can match the frontal+lateral variant's count)."""
+    if profile == "quick":
+        return QUICK_TRAIN_IMAGES
+    return int(((table["split"] == "train") & (table["view"] == "frontal")).sum())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def view_manifests(settings: Settings) -> dict[str, Path]:
+    """View variant -> its manifest (training rows of the variant; validation and test rows of the site)."""
+    table = site_table(settings.data_root)
+    arms = view_arms(table, train_images(table, settings.profile), seed=SPLIT_SEED)
+    out = settings.runs_dir / "manifests"
+    return {name: write_derived_manifest(arm, out / f"paper002_views_{_slug(name)}.csv") for name, arm in arms.items()}
+
+
+def variant_config(manifest: Path, settings: Settings, source: dict, *, policy: str = "u-ones",
+                   normalization: str = "imagenet") -> dict:
+    """Run config of one variant: paper 002's recipe from the pretrained DenseNet-121."""
+    multiclass = policy == "u-multiclass"
+    return {"manifest": str(manifest), "findings": FINDINGS, "data_root": str(settings.data_root),
+            "arch": ARCHITECTURE.arch, "head": "multiclass3" if multiclass else ARCHITECTURE.head, "channels": 3,
+            "preset": PRESET, "policy": policy, "normalization": normalization,
+            "loss_weighting": "paper002" if multiclass else "none",
+            "weights": transfer.pretrained_weights(ARCHITECTURE, source), "seed": 0, "profile": settings.profile}
+
+
+def configs(settings: Settings) -> dict[tuple[str, str], dict]:
+    """(section, variant) -> run config; the baseline variant of each section is the same run."""
+    manifests = view_manifests(settings)
+    source = source_models.configs(settings)[ARCHITECTURE.name]
+    baseline = manifests[BASELINE["views"]]
+    out = {("views", name): variant_config(path, settings, source) for name, path in manifests.items()}
+    out |= {("normalization", name): variant_config(baseline, settings, source, normalization=name)
+            for name in SECTIONS["normalization"]}
+    out |= {("uncertainty", name): variant_config(baseline, settings, source, policy=name)
+            for name in SECTIONS["uncertainty"]}
+    return out
+
+
+def stages(settings: Settings) -> list[list[dict]]:
+    """The source model first, then every variant (the trainer keys runs, so the shared baseline trains once)."""
+    return [[source_models.configs(settings)[ARCHITECTURE.name]], list(configs(settings).values())]
+
+
+def runs(settings: Settings) -> dict[tuple[str, str], Result]:
+    """(section, variant) -> finished run (trained now if not in the run cache)."""
+    return {key: run(config, runs_dir=settings.runs_dir) for key, config in configs(settings).items()}
+
+
+def study_means(result: Result, n_boot: int) -> dict[str, float]:
+    """Mean test AUROC with each study's views aggregated by max and by mean (paper 002 scores studies)."""
+    findings = scored_findings(result.predictions, FINDINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a finding may lack positives in some bootstrap draws
+        return {f"study_mean_auroc_{how}": summarize(result.predictions, findings, level="study", how=how,
+                                                     n_boot=n_boot).loc["Mean", "auroc"]
+                for how in ("max", "mean")}
+
+
+def results(settings: Settings) -> pd.DataFrame:
+    """One row per section and variant: RESULT_COLUMNS, then section, variant and the per-study mean AUROCs."""
+    draws = bootstrap_draws(settings)
+    rows = [{**result_row(NAME, ARCHITECTURE.name, "fine-tuned", result, FINDINGS, draws),
+             "section": section, "variant": variant, **study_means(result, draws)}
+            for (section, variant), result in runs(settings).items()]
+    return pd.DataFrame(rows, columns=[*RESULT_COLUMNS, "section", "variant", *STUDY_COLUMNS])
+
+
+def cross_site(settings: Settings) -> pd.DataFrame:
+    """Normalization variant x test site: mean AUROC with its interval, on the CheXpert test images and on the
+    ChestX-ray14 site's official test images (its other detector style)."""
+    other = source_models.source_manifest(settings.data_root, settings.runs_dir / "manifests")
+    draws = bootstrap_draws(settings)
+    rows = []
+    for (section, variant), result in runs(settings).items():
+        if section != "normalization":
+            continue
+        for site, predictions in (("CheXpert (own test)", result.predictions),
+                                  ("ChestX-ray14 (other site)", predict_split(result, "test", manifest=other))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                mean = summarize(predictions, scored_findings(predictions, FINDINGS), n_boot=draws).loc["Mean"]
+            rows.append({"normalization": variant, "test site": site, "test_images": len(predictions),
+                         "mean_auroc": mean["auroc"], "ci_low": mean["low"], "ci_high": mean["high"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,93 @@
+"""Paper 002's experiment definitions on the real layouts: the sections' variants, their shared baseline, the view
+manifests, the test set of radiologist-labelled valid.csv, and a finished run's model scored on another site."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from layouts import write_chexpert, write_nih
+
+from cxrcore import make_settings
+from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, paper002, source_models
+from cxrcore.manifest import load_manifest
+from cxrcore.metrics import score_column
+from cxrcore.runner import predict_split, run, run_key
+from data_prep.splits import VIEW_ARMS
+
+TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DATA_ROOT with a CheXpert tree (enough real patients for some laterals) and a ChestX-ray14 tree."""
+    root = tmp_path_factory.mktemp("paper002_sites")
+    write_chexpert(root, n_train_patients=40, n_valid_patients=4)
+    write_nih(root)
+    return root
+
+
+def test_every_section_has_its_variants_and_the_baseline_is_one_run(sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    configs = paper002.configs(settings)
+    assert {(s, v) for s, variants in paper002.SECTIONS.items() for v in variants} == set(configs)
+    baseline = [configs[(section, variant)] for section, variant in paper002.BASELINE.items()]
+    assert baseline[0] == baseline[1] == baseline[2]
+    stages = paper002.stages(settings)
+    assert stages[0] == [source_models.configs(settings)["DenseNet-121"]]
+    assert len({run_key(c, runs_dir=settings.runs_dir) for c in stages[1]}) == len(configs) - 2  # baseline once
+    multiclass = configs[("uncertainty", "u-multiclass")]
+    assert (multiclass["head"], multiclass["loss_weighting"]) == ("multiclass3", "paper002")
+    assert {configs[("normalization", n)]["normalization"] for n in paper002.SECTIONS["normalization"]} == {
+        "imagenet", "dataset", "none"}
+    assert all(c["preset"] == "paper002" and c["findings"] == paper002.FINDINGS for c in configs.values())
+    assert "paper002" in EXPERIMENTS and "paper002" not in BOOK_EXPERIMENTS  # no chapter reads it yet
+
+
+def test_view_manifests_share_validation_and_the_radiologists_test_set(sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    tables = {name: load_manifest(path) for name, path in paper002.view_manifests(settings).items()}
+    assert list(tables) == list(VIEW_ARMS)
+    train = {name: t[t["split"] == "train"] for name, t in tables.items()}
+    assert (train["frontal+lateral"]["view"] == "lateral").any()
+    assert set(train["frontal, same count"]["view"]) == set(train["frontal, fewer"]["view"]) == {"frontal"}
+    assert len(train["frontal, fewer"]) < len(train["frontal+lateral"])
+    assert len(train["frontal, same count"]) <= len(train["frontal+lateral"])
+    held_out = [t[t["split"] != "train"].reset_index(drop=True) for t in tables.values()]
+    for other in held_out[1:]:
+        pd.testing.assert_frame_equal(held_out[0], other)
+    test = held_out[0][held_out[0]["split"] == "test"]
+    assert len(test) > 0 and test["path"].str.contains("/valid/").all()  # valid.csv: radiologists' labels
+    assert set(np.unique(test[paper002.FINDINGS].to_numpy())) <= {0.0, 1.0}
+    for table in tables.values():
+        assert (table.groupby("patient_id")["split"].nunique() == 1).all()
+
+
+def test_full_profile_trains_on_as_many_images_as_the_frontal_training_set(sites: Path) -> None:
+    table = paper002.site_table(sites)
+    frontal_train = int(((table["split"] == "train") & (table["view"] == "frontal")).sum())
+    assert paper002.train_images(table, "full") == frontal_train
+    assert paper002.train_images(table, "quick") == paper002.QUICK_TRAIN_IMAGES
+
+
+@pytest.mark.slow
+def test_a_run_scored_on_its_own_manifest_matches_its_test_predictions_and_on_another_site(
+        sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    config = paper002.configs(settings)[("normalization", "dataset")]  # statistics of the run's training images
+    config = {**config, "arch": "resnet18", "weights": None, "overrides": TINY}
+    result = run(config, runs_dir=settings.runs_dir)
+    own = predict_split(result, "test", manifest=config["manifest"])
+    columns = [score_column(f) for f in paper002.FINDINGS]
+    assert own["path"].tolist() == result.predictions["path"].tolist()
+    np.testing.assert_allclose(own[columns].to_numpy(), result.predictions[columns].to_numpy(), atol=1e-5)
+    other_manifest = source_models.source_manifest(sites, tmp_path / "manifests")
+    other = predict_split(result, "test", manifest=other_manifest)
+    nih_test = load_manifest(other_manifest).query("split == 'test'")
+    assert other["path"].tolist() == nih_test["path"].tolist()
+    assert np.isfinite(other[columns].to_numpy()).all()
+    without_test = tmp_path / "no_test.csv"
+    load_manifest(other_manifest).query("split != 'test'").to_csv(without_test, index=False)
+    with pytest.raises(ValueError, match="no images in split 'test'"):
+        predict_split(result, "test", manifest=without_test)
