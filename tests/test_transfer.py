@@ -161,6 +161,9 @@ def test_reported_summaries_come_from_reported_csv() -> None:
     paper_001 = summaries[summaries["paper"] == "001"].set_index("model (reported)")["value (reported)"]
     assert set(paper_001.index) == {"ResNet-50 OTS", "ResNet-50 FT", "ResNet-50-1channel"}
     assert paper_001["ResNet-50-1channel"] == pytest.approx(0.819)  # the value the source chapter quotes
+    paper_002 = set(summaries.loc[summaries["paper"] == "002", "model (reported)"])  # pretrained vs scratch only
+    assert paper_002 == {"DenseNet-121 from scratch (random init)",
+                         "DenseNet-121 baseline (ImageNet-pretrained; all layers fine-tuned)"}
     assert summaries["value (reported)"].between(0, 1).all()
 
 
