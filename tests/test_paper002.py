@@ -23,7 +23,7 @@ TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DATA_ROOT with a CheXpert tree (enough real patients for some laterals) and a ChestX-ray14 tree."""
     root = tmp_path_factory.mktemp("paper002_sites")
-    write_chexpert(root, n_train_patients=40, n_valid_patients=4)
+    write_chexpert(root, n_train_patients=40, n_valid_patients=40)
     write_nih(root)
     return root
 
@@ -91,3 +91,22 @@ def test_a_run_scored_on_its_own_manifest_matches_its_test_predictions_and_on_an
     load_manifest(other_manifest).query("split != 'test'").to_csv(without_test, index=False)
     with pytest.raises(ValueError, match="no images in split 'test'"):
         predict_split(result, "test", manifest=without_test)
+
+
+@pytest.mark.slow
+def test_variants_of_a_section_are_compared_finding_by_finding_with_bh_q_values(sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    configs = paper002.configs(settings)
+    tiny = {"arch": "resnet18", "weights": None, "overrides": TINY}
+    finished = {key: run({**configs[key], **tiny}, runs_dir=settings.runs_dir)
+                for key in [("normalization", "imagenet"), ("normalization", "none"), ("uncertainty", "u-zeros")]}
+    results, groups = paper002.labelled(finished)
+    assert groups == {"normalization": ["normalization: imagenet", "normalization: none"],
+                      "uncertainty": ["uncertainty: u-zeros"]}
+    table = paper002.comparisons(finished)
+    assert set(table["pair"]) == {"normalization: imagenet vs normalization: none"}  # within sections only
+    assert len(table) == table["finding"].nunique() > 0
+    assert ((table["q (BH)"] >= table["p"]) & (table["q (BH)"] <= 1)).all()
+    other_test = {**configs[("normalization", "none")], **tiny, "max_test_images": 2}
+    with pytest.raises(ValueError, match="not tested on the same images"):
+        paper002.comparisons({**finished, ("normalization", "fewer"): run(other_test, runs_dir=settings.runs_dir)})

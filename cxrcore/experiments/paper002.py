@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from cxrcore.experiments import source_models, transfer
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row, scored_findings
+from cxrcore.experiments.tables import (
+    MIN_POSITIVES,
+    RESULT_COLUMNS,
+    bootstrap_draws,
+    pairwise_delong,
+    result_row,
+    scored_findings,
+)
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
 from cxrcore.metrics import summarize
 from cxrcore.runner import Result, predict_split, run
@@ -106,6 +114,30 @@ def stages(settings: Settings) -> list[list[dict]]:
 def runs(settings: Settings) -> dict[tuple[str, str], Result]:
     """(section, variant) -> finished run (trained now if not in the run cache)."""
     return {key: run(config, runs_dir=settings.runs_dir) for key, config in configs(settings).items()}
+
+
+def labelled(finished: Mapping[tuple[str, str], Result]) -> tuple[dict[str, Result], dict[str, list[str]]]:
+    """The runs keyed "section: variant", and each section's keys (the groups `tables.pairwise_delong` compares)."""
+    results = {f"{section}: {variant}": result for (section, variant), result in finished.items()}
+    groups: dict[str, list[str]] = {}
+    for section, variant in finished:
+        groups.setdefault(section, []).append(f"{section}: {variant}")
+    return results, groups
+
+
+def comparisons(finished: Mapping[tuple[str, str], Result]) -> pd.DataFrame:
+    """DeLong's test per finding for every pair of variants within a section, with Benjamini-Hochberg q values
+    across all of the experiment's tests (the variants must have been tested on the same images)."""
+    results, groups = labelled(finished)
+    first = next(iter(results.values())).predictions
+    for name, result in results.items():
+        if not result.predictions["path"].equals(first["path"]):
+            raise ValueError(f"{name} was not tested on the same images as the other variants")
+    findings = scored_findings(first, FINDINGS)
+    if not findings:
+        raise ValueError(f"no finding has {MIN_POSITIVES} positive test images: there is nothing to compare")
+    scores = {name: result.predictions for name, result in results.items()}
+    return pairwise_delong(first, scores, groups, findings)
 
 
 def study_means(result: Result, n_boot: int) -> dict[str, float]:
