@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,11 +26,11 @@ from cxrcore.experiments.tables import (
     RESULT_COLUMNS,
     bootstrap_draws,
     pairwise_delong,
+    predictions_auroc_table,
     result_row,
     scored_findings,
 )
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
-from cxrcore.metrics import summarize
 from cxrcore.runner import Result, predict_split, run
 from cxrcore.settings import Settings
 from data_prep.manifests import read_chexpert
@@ -142,12 +141,9 @@ def comparisons(finished: Mapping[tuple[str, str], Result]) -> pd.DataFrame:
 
 def study_means(result: Result, n_boot: int) -> dict[str, float]:
     """Mean test AUROC with each study's views aggregated by max and by mean (paper 002 scores studies)."""
-    findings = scored_findings(result.predictions, FINDINGS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a finding may lack positives in some bootstrap draws
-        return {f"study_mean_auroc_{how}": summarize(result.predictions, findings, level="study", how=how,
-                                                     n_boot=n_boot).loc["Mean", "auroc"]
-                for how in ("max", "mean")}
+    return {f"study_mean_auroc_{how}": predictions_auroc_table(result.predictions, FINDINGS, n_boot, level="study",
+                                                               how=how).loc["Mean", "auroc"]
+            for how in ("max", "mean")}
 
 
 def results(settings: Settings) -> pd.DataFrame:
@@ -170,9 +166,7 @@ def cross_site(settings: Settings) -> pd.DataFrame:
             continue
         for site, predictions in (("CheXpert (own test)", result.predictions),
                                   ("ChestX-ray14 (other site)", predict_split(result, "test", manifest=other))):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                mean = summarize(predictions, scored_findings(predictions, FINDINGS), n_boot=draws).loc["Mean"]
+            mean = predictions_auroc_table(predictions, FINDINGS, draws).loc["Mean"]
             rows.append({"normalization": variant, "test site": site, "test_images": len(predictions),
                          "mean_auroc": mean["auroc"], "ci_low": mean["low"], "ci_high": mean["high"]})
     return pd.DataFrame(rows)

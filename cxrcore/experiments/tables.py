@@ -32,11 +32,18 @@ def scored_findings(predictions: pd.DataFrame, findings: Sequence[str], min_posi
     return [f for f in findings if int((predictions[f] == 1).sum()) >= min_positives]
 
 
-def auroc_table(result: Result, findings: Sequence[str], n_boot: int) -> pd.DataFrame:
-    """Per-finding test AUROC with 95 % patient-bootstrap intervals, and their mean (`cxrcore.metrics.summarize`)."""
+def predictions_auroc_table(predictions: pd.DataFrame, findings: Sequence[str], n_boot: int, level: str = "image",
+                            how: str = "mean") -> pd.DataFrame:
+    """Per-finding AUROC of a predictions table with 95 % patient-bootstrap intervals, and their mean, over the
+    findings with enough positives (`cxrcore.metrics.summarize`: per image, or per study/patient by `how`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a finding may lack positives in some bootstrap draws
-        return summarize(result.predictions, scored_findings(result.predictions, findings), n_boot=n_boot)
+        return summarize(predictions, scored_findings(predictions, findings), level=level, how=how, n_boot=n_boot)
+
+
+def auroc_table(result: Result, findings: Sequence[str], n_boot: int) -> pd.DataFrame:
+    """Per-finding test AUROC of a finished run with 95 % patient-bootstrap intervals, and their mean."""
+    return predictions_auroc_table(result.predictions, findings, n_boot)
 
 
 def result_row(experiment: str, model: str, arm: str, result: Result, findings: Sequence[str], n_boot: int) -> dict:
