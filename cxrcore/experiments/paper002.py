@@ -160,10 +160,10 @@ def cross_site(settings: Settings) -> pd.DataFrame:
     ChestX-ray14 site's official test images (its other detector style)."""
     other = source_models.source_manifest(settings.data_root, settings.runs_dir / "manifests")
     draws = bootstrap_draws(settings)
+    variants = configs(settings)
     rows = []
-    for (section, variant), result in runs(settings).items():
-        if section != "normalization":
-            continue
+    for variant in SECTIONS["normalization"]:  # only these runs: the other sections' are not needed here
+        result = run(variants[("normalization", variant)], runs_dir=settings.runs_dir)
         for site, predictions in (("CheXpert (own test)", result.predictions),
                                   ("ChestX-ray14 (other site)", predict_split(result, "test", manifest=other))):
             mean = predictions_auroc_table(predictions, FINDINGS, draws).loc["Mean"]
