@@ -62,12 +62,13 @@ def bench_manifest(paths: list[Path]) -> pd.DataFrame:
 class _Stepper:
     """One training step (forward, masked BCE, backward, Adam) of a model on a device."""
 
-    def __init__(self, arch: str, device: torch.device, precision: str, channels_last: bool):
+    def __init__(self, arch: str, device: torch.device, precision: str, channels_last: bool, compile: bool):
         self.device = device
         self.channels_last = channels_last
         self.model = build_model(arch, 1, seed=0).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compile else self.model  # compiled in the warm-up steps
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.autocast = precision == "bf16"
 
@@ -76,7 +77,7 @@ class _Stepper:
         images = images.to(self.device, non_blocking=True, memory_format=memory_format)
         target, mask = target.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(images)
+            logits = self.forward(images)
         loss = masked_bce(logits, target, mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,19 +103,20 @@ def _timed(stepper: _Stepper, batches, steps: int, batch: int) -> float:
 
 def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision: str = "bf16", steps: int = 10,
           data_root: str | Path | None = None, workers: int | None = None, device: str = "auto", *,
-          channels_last: bool = True, cache: bool = False) -> pd.DataFrame:
+          channels_last: bool = True, cache: bool = False, compile: bool = False) -> pd.DataFrame:
     """One-row table: device, settings, pipeline images/s, model-alone images/s and their ratio.
 
     data_root: the image files to read (None, or too few there: 320 px PNGs generated in a temporary folder).
     cache: the pipeline reads images decoded once and kept in memory (as the runner does when they fit), read
-    through once before timing, with workers=0 (each DataLoader worker would keep a cache of its own)."""
+    through once before timing, with workers=0 (each DataLoader worker would keep a cache of its own).
+    compile: torch.compile the model; the compilation happens in the untimed warm-up steps."""
     device = resolve_device(device)
     if workers is None:
         workers = 0 if cache else min(8, os.cpu_count() or 1)
     if cache and workers:
         raise ValueError("cache=True measures the in-memory cache of the main process: use workers=0")
     needed = batch * (steps + WARMUP_STEPS)
-    stepper = _Stepper(arch, device, precision, channels_last)
+    stepper = _Stepper(arch, device, precision, channels_last, compile)
     # model alone first: DataLoader workers that are still shutting down would otherwise compete for the CPU
     images = torch.randn(batch, 3, size, size, device=device)
     target = torch.randint(0, 2, (batch, 1), device=device).float()
@@ -140,7 +142,8 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     return pd.DataFrame([{"device": name, "arch": arch, "size": size, "batch": batch, "precision": precision,
-                          "channels_last": channels_last, "threads": torch.get_num_threads(), "workers": workers,
+                          "channels_last": channels_last, "compile": compile, "threads": torch.get_num_threads(),
+                          "workers": workers,
                           "decode_cache": cache, "data": source, "pipeline_img_s": round(pipeline, 1),
                           "model_img_s": round(model_alone, 1), "ratio": round(pipeline / model_alone, 3)}])
 
@@ -160,6 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
                         help="activations' layout (default channels_last, as cxrcore.train uses)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiled while warming up)")
     parser.add_argument("--cache", action="store_true",
                         help="pipeline reads images decoded once into memory (workers=0), as the runner does")
 
@@ -172,6 +176,6 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data_root = args.data_root or settings().data_root  # the environment is read here, at the entry point
     table = bench(args.arch, args.size, args.batch, precision, args.steps, data_root, args.workers, args.device,
-                  channels_last=args.memory_format == "channels_last", cache=args.cache)
+                  channels_last=args.memory_format == "channels_last", cache=args.cache, compile=args.compile)
     print(table.T.to_string(header=False))
     return 0
