@@ -170,6 +170,25 @@ def auroc_intervals(tables: Mapping[str, pd.DataFrame], ax: Axes | None = None, 
     return ax
 
 
+def mean_intervals(table: pd.DataFrame, ax: Axes | None = None, *, title: str, label: str = "variant",
+                   markers: Mapping[str, str] | None = None, xlabel: str = "mean test AUROC") -> Axes:
+    """One row per row of `table`: its mean_auroc with the [ci_low, ci_high] bar, labelled by its `label` column;
+    `markers` adds other columns as hollow markers on the same row (column -> legend text)."""
+    markers = markers or {}
+    ax = _axes(ax, (7, 0.45 * len(table) + 1.4))
+    positions = np.arange(len(table))[::-1]  # first row on top
+    errors = np.vstack([table["mean_auroc"] - table["ci_low"], table["ci_high"] - table["mean_auroc"]])
+    ax.errorbar(table["mean_auroc"], positions, xerr=errors, fmt="o", capsize=3, color="#1f4e79",
+                label="per image, 95 % CI")
+    for (column, text), shape in zip(markers.items(), "^sv", strict=False):
+        ax.scatter(table[column], positions, marker=shape, facecolors="none", edgecolors="#c0392b", label=text)
+    ax.set_yticks(positions, table[label])
+    ax.set(title=title, xlabel=xlabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
 HISTORY_LABELS = {"loss": "training loss", "val_loss": "validation loss", "mean_auroc": "validation mean AUROC"}
 
 

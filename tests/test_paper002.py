@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from layouts import write_chexpert, write_nih
+from PIL import Image
 
 from cxrcore import make_settings
-from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, paper002, source_models
+from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, localisation, paper002, source_models
 from cxrcore.manifest import load_manifest
 from cxrcore.metrics import score_column
 from cxrcore.runner import predict_split, run, run_key
@@ -42,7 +43,7 @@ def test_every_section_has_its_variants_and_the_baseline_is_one_run(sites: Path,
     assert {configs[("normalization", n)]["normalization"] for n in paper002.SECTIONS["normalization"]} == {
         "imagenet", "dataset", "none"}
     assert all(c["preset"] == "paper002" and c["findings"] == paper002.FINDINGS for c in configs.values())
-    assert "paper002" in EXPERIMENTS and "paper002" not in BOOK_EXPERIMENTS  # no chapter reads it yet
+    assert "paper002" in EXPERIMENTS and "paper002" in BOOK_EXPERIMENTS  # `make runs` trains what the chapter reads
 
 
 def test_view_manifests_share_validation_and_the_radiologists_test_set(sites: Path, tmp_path: Path) -> None:
@@ -110,3 +111,34 @@ def test_variants_of_a_section_are_compared_finding_by_finding_with_bh_q_values(
     other_test = {**configs[("normalization", "none")], **tiny, "max_test_images": 2}
     with pytest.raises(ValueError, match="not tested on the same images"):
         paper002.comparisons({**finished, ("normalization", "fewer"): run(other_test, runs_dir=settings.runs_dir)})
+
+
+def test_pixel_statistics_of_each_site_present_and_of_imagenet(sites: Path) -> None:
+    """Measured on every image of the small CheXpert tree, its mean and std are those of all its grey pixels at the
+    variants' input side; the tree has no hospital site, so no row for it."""
+    settings = make_settings("quick", sites, sites / "runs")
+    table = paper002.pixel_statistics(settings, n=10_000)
+    assert list(table.index) == ["CheXpert", "ChestX-ray14", "ImageNet (mean of R, G, B)"]
+    chexpert = paper002.site_table(sites)
+    assert table.loc["CheXpert", "images"] == table.loc["CheXpert", "measured on"] == len(chexpert)
+    side = paper002.input_side("quick")
+    pixels = np.concatenate([np.asarray(Image.open(sites / path).convert("L").resize((side, side)), np.float64).ravel()
+                             for path in chexpert["path"]]) / 255
+    assert table.loc["CheXpert", "mean"] == pytest.approx(pixels.mean(), abs=0.01)
+    assert table.loc["CheXpert", "std"] == pytest.approx(pixels.std(), abs=0.01)
+    assert table.loc["ImageNet (mean of R, G, B)", ["mean", "std"]].tolist() == pytest.approx([0.449, 0.226])
+
+
+@pytest.mark.slow
+def test_cam_and_gradcam_of_one_run_on_the_same_images(sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    config = {**paper002.configs(settings)[("uncertainty", "u-ones")], "arch": "resnet18", "weights": None,
+              "overrides": TINY}
+    result = run(config, runs_dir=settings.runs_dir)
+    paths = result.predictions["path"].head(3).tolist()
+    shown, maps = localisation.cam_and_gradcam(result, paths, paper002.FINDINGS.index("Pleural Effusion"))
+    assert tuple(shown.shape) == (3, 32, 32) and list(maps) == ["CAM", "Grad-CAM"]
+    for name, found in maps.items():
+        assert found.shape == (3, 32, 32), name
+        assert np.isfinite(found).all() and found.min() >= 0 and found.max() <= 1 + 1e-6, name
+    np.testing.assert_allclose(shown.numpy(), localisation.test_images(result, paths)[:, 0].numpy())

@@ -25,9 +25,8 @@ EXPERIMENTS = {  # in the order `experiment all` starts them: the longest runs f
     "leakage": "cxrcore.experiments.leakage",
     "paper002": "cxrcore.experiments.paper002",
 }
-# what `experiment all` trains: the experiments the book's chapters read (paper002's chapter is not written yet, and
-# the quick book's compute budget is spent: benchmarks appendix)
-BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage")
+# what `experiment all` trains: the experiments the book's chapters read
+BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002")
 
 
 def experiment(name: str) -> ModuleType:

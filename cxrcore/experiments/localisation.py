@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from cxrcore.cam import energy_inside, gradcam, pointing_game
+from cxrcore.cam import class_activation_map, energy_inside, gradcam, pointing_game
 from cxrcore.runner import Result, evaluation_dataset
 from data_prep.synth.signs import SIGN_IDS
 
@@ -70,18 +70,34 @@ def localisation_table(maps: dict[str, np.ndarray], masks_for_side: Callable[[in
     return table.astype({"all-zero maps": int})
 
 
+def test_images(result: Result, paths: Sequence[str]) -> torch.Tensor:
+    """The given test images as the run sees them at evaluation ((N, C, side, side), normalized, not augmented)."""
+    dataset = evaluation_dataset(result, "test")
+    index = {path: i for i, path in enumerate(dataset.manifest["path"])}
+    return torch.stack([dataset[index[path]]["image"] for path in paths])
+
+
 def gradcam_maps(results: Mapping[str, Result], paths: Sequence[str], class_index: int
                  ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Each run's Grad-CAM of one class on the given test images ((N, side, side) per run, at the run's input
     side), and the grey images as the first run sees them ((N, side, side), normalized)."""
     maps, shown = {}, None
     for name, result in results.items():
-        dataset = evaluation_dataset(result, "test")
-        index = {path: i for i, path in enumerate(dataset.manifest["path"])}
-        images = torch.stack([dataset[index[path]]["image"] for path in paths])  # (N, C, side, side)
+        images = test_images(result, paths)
         maps[name] = gradcam(result.load_model(), images, class_index)
         shown = images[:, 0] if shown is None else shown
     return shown, maps
+
+
+def cam_and_gradcam(result: Result, paths: Sequence[str], class_index: int
+                    ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """One run's plain class activation map (Zhou et al.: the class's head weights times the last feature maps, as
+    paper 002 draws them) and its Grad-CAM of one class on the same test images, each (N, side, side) in [0, 1],
+    and the grey images as the run sees them ((N, side, side))."""
+    images = test_images(result, paths)
+    model = result.load_model()
+    return images[:, 0], {"CAM": class_activation_map(model, images, class_index),
+                          "Grad-CAM": gradcam(model, images, class_index)}
 
 
 def localisation_summary(table: pd.DataFrame, masks: Sequence[np.ndarray], region: str = "effusion") -> str:

@@ -30,10 +30,12 @@ from cxrcore.experiments.tables import (
     result_row,
     scored_findings,
 )
+from cxrcore.datasets import IMAGENET_MEAN, IMAGENET_STD, ManifestDataset, compute_normalization
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
+from cxrcore.presets import get_preset, quick_profile_preset
 from cxrcore.runner import Result, predict_split, run
 from cxrcore.settings import Settings
-from data_prep.manifests import read_chexpert
+from data_prep.manifests import CHEXPERT_DIR, HOSPITAL_DIR, NIH_DIR, read_chexpert, read_hospital, read_nih
 from data_prep.splits import VIEW_ARMS, split_patients, view_arms
 
 NAME = "paper002"
@@ -50,6 +52,9 @@ SECTIONS = {
 }
 BASELINE = {"views": "frontal+lateral", "normalization": "imagenet", "uncertainty": "u-ones"}
 STUDY_COLUMNS = ["study_mean_auroc_max", "study_mean_auroc_mean"]  # views aggregated per study, by max and mean
+SITES = {"CheXpert": (CHEXPERT_DIR, read_chexpert), "ChestX-ray14": (NIH_DIR, read_nih),
+         "hospital": (HOSPITAL_DIR, read_hospital)}  # name -> (folder under the data root, reader)
+STATISTICS_IMAGES = 256  # images drawn per site for its pixel statistics
 
 
 def site_table(data_root: Path) -> pd.DataFrame:
@@ -67,6 +72,31 @@ def train_images(table: pd.DataFrame, profile: str) -> int:
     if profile == "quick":
         return QUICK_TRAIN_IMAGES
     return int(((table["split"] == "train") & (table["view"] == "frontal")).sum())
+
+
+def input_side(profile: str) -> int:
+    """The variants' input side: paper 002's, or the quick profile's."""
+    preset = get_preset(PRESET)
+    return (quick_profile_preset(preset) if profile == "quick" else preset).image_size
+
+
+def pixel_statistics(settings: Settings, n: int = STATISTICS_IMAGES) -> pd.DataFrame:
+    """Each site's grey pixel mean and standard deviation in [0, 1] (n of its images drawn with a fixed seed, at the
+    variants' input side), for the sites whose folders are under the data root, then ImageNet's (the mean over its
+    three channels) as the last row."""
+    rows = []
+    for site, (folder, read) in SITES.items():
+        if not (settings.data_root / folder).is_dir():
+            continue  # the real downloads have no hospital site: there is nothing to measure
+        table = read(settings.data_root)
+        images = ManifestDataset(table, settings.data_root, [], image_size=input_side(settings.profile), channels=1,
+                                 normalization="none")
+        (mean,), (std,) = compute_normalization(images, n)
+        rows.append({"site": site, "images": len(table), "measured on": min(n, len(table)), "mean": mean,
+                     "std": std})
+    rows.append({"site": "ImageNet (mean of R, G, B)", "images": None, "measured on": None,
+                 "mean": sum(IMAGENET_MEAN) / 3, "std": sum(IMAGENET_STD) / 3})
+    return pd.DataFrame(rows).astype({"images": "Int64", "measured on": "Int64"}).set_index("site")
 
 
 def _slug(text: str) -> str:
