@@ -184,7 +184,7 @@ def mean_intervals(table: pd.DataFrame, ax: Axes | None = None, *, title: str, l
         ax.scatter(table[column], positions, marker=shape, facecolors="none", edgecolors="#c0392b", label=text)
     ax.set_yticks(positions, table[label])
     ax.set(title=title, xlabel=xlabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the rows, never over them
     ax.grid(axis="x", alpha=0.3)
     return ax
 

@@ -142,3 +142,25 @@ def test_cam_and_gradcam_of_one_run_on_the_same_images(sites: Path, tmp_path: Pa
         assert found.shape == (3, 32, 32), name
         assert np.isfinite(found).all() and found.min() >= 0 and found.max() <= 1 + 1e-6, name
     np.testing.assert_allclose(shown.numpy(), localisation.test_images(result, paths)[:, 0].numpy())
+
+
+@pytest.mark.slow
+def test_view_variants_scored_on_every_test_view_and_on_frontal_and_lateral_images_apart(
+        sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    configs = paper002.configs(settings)
+    finished = {key: run({**configs[key], "arch": "resnet18", "weights": None, "overrides": TINY},
+                         runs_dir=settings.runs_dir) for key in configs if key[0] == "views"}
+    table = paper002.site_table(sites)
+    views = paper002.by_test_view(finished, table, n_boot=20)
+    assert set(views["variant"]) == set(VIEW_ARMS)
+    test = table[table["split"] == "test"]
+    everything = views[views["test views"] == "every view"].set_index("variant")
+    assert (everything["test_images"] == len(test)).all()
+    for variant, result in finished.items():
+        mean = paper002.predictions_auroc_table(result.predictions, paper002.FINDINGS, 20).loc["Mean", "auroc"]
+        assert everything.loc[variant[1], "mean_auroc"] == pytest.approx(mean)
+    frontal = views[views["test views"] == "frontal"]
+    assert (frontal["test_images"] == int((test["view"] == "frontal").sum())).all()
+    assert views["test views"].isin(["every view", "frontal", "lateral"]).all()
+    assert ((views["ci_low"] <= views["mean_auroc"]) & (views["mean_auroc"] <= views["ci_high"])).all()

@@ -133,7 +133,7 @@ def recipe_table(configs: Iterable[dict], all_train_images: int) -> pd.DataFrame
         paper, shown = get_preset(config["preset"]), resolved_preset(config)
         columns[(paper.name, paper.paper, "reported")] = [getattr(paper, f) for f in RECIPE_FIELDS]
         columns[(paper.name, paper.paper, "this run")] = [getattr(shown, f) for f in RECIPE_FIELDS]
-        images.setdefault(paper.name, set()).add(config["max_train_images"] or all_train_images)
+        images.setdefault(paper.name, set()).add(config.get("max_train_images") or all_train_images)
     table = pd.DataFrame(columns, index=list(RECIPE_FIELDS)).astype(str)
     table.loc["training images"] = [f"{all_train_images:,} (all)" if kind == "reported" else
                                     " or ".join(f"{n:,}" for n in sorted(images[name]))
