@@ -164,3 +164,5 @@ def test_view_variants_scored_on_every_test_view_and_on_frontal_and_lateral_imag
     assert (frontal["test_images"] == int((test["view"] == "frontal").sum())).all()
     assert views["test views"].isin(["every view", "frontal", "lateral"]).all()
     assert ((views["ci_low"] <= views["mean_auroc"]) & (views["mean_auroc"] <= views["ci_high"])).all()
+    with pytest.raises(ValueError, match="is not in the site table"):
+        paper002.by_test_view(finished, table.drop(index=test.index[:1]), n_boot=20)

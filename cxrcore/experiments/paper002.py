@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxrcore.datasets import IMAGENET_MEAN, IMAGENET_STD, ManifestDataset, compute_normalization
@@ -179,8 +180,11 @@ def by_test_view(finished: Mapping[tuple[str, str], Result], table: pd.DataFrame
         if section != "views":
             continue
         predictions = result.predictions
-        views = view_of.reindex(predictions["path"]).to_numpy()
-        for name, keep in (("every view", views == views), ("frontal", views == "frontal"),
+        views = view_of.reindex(predictions["path"])
+        if views.isna().any():
+            raise ValueError(f"{variant}: test image {views.index[views.isna()][0]} is not in the site table")
+        views = views.to_numpy()
+        for name, keep in (("every view", np.full(len(views), True)), ("frontal", views == "frontal"),
                            ("lateral", views == "lateral")):
             subset = predictions[keep]
             scored = scored_findings(subset, FINDINGS)
