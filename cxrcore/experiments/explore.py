@@ -1,0 +1,142 @@
+"""Explorers for the chapters: a knob (ipywidgets) and what it changes, each behind a function a chapter calls once.
+
+Each explorer is two parts: a pure function of the knob's state that computes the numbers or draws the figure (what
+the tests check), and a small widget that calls it on every change (`ipywidgets.interactive_output`). In the built
+site the widgets' outputs are the ones of their default state, saved with the executed notebook.
+
+* `threshold_explorer`: one run's test predictions of a finding at a decision threshold: confusion matrix,
+  precision, recall, F1, and the operating point on the ROC curve beside the validation-chosen threshold;
+* `policy_explorer`: how an uncertainty policy per finding turns a label table's values into positives, negatives,
+  ignored labels and a third class.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import display
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
+
+from cxrcore.findings import POLICIES, apply_policy
+from cxrcore.metrics import score_column
+
+INTERACTIVE_NOTE = "Interactive in JupyterLab: the built site shows the default setting."
+
+
+def _show(figure: Figure) -> None:
+    """Display a figure in the explorer's output area and close it (so that the cell does not show it twice)."""
+    display(figure)
+    plt.close(figure)
+
+
+def _labelled(predictions: pd.DataFrame, finding: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of the images whose label of `finding` is known (0 or 1)."""
+    known = predictions[finding].notna().to_numpy()
+    return predictions[finding].to_numpy()[known].astype(int), predictions[score_column(finding)].to_numpy()[known]
+
+
+def threshold_counts(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Confusion counts, precision, recall, F1 and false-positive rate when score >= threshold is called positive."""
+    called = (np.asarray(scores) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, called, labels=[0, 1]).ravel()
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, called, average="binary", zero_division=0)
+    return {"TP": int(tp), "FP": int(fp), "FN": int(fn), "TN": int(tn), "precision": float(precision),
+            "recall": float(recall), "F1": float(f1), "FPR": fp / (fp + tn) if fp + tn else float("nan")}
+
+
+def threshold_figure(predictions: pd.DataFrame, finding: str, threshold: float,
+                     chosen: float | None = None) -> Figure:
+    """Confusion matrix at `threshold` and the ROC curve with that operating point (and the chosen threshold's)."""
+    labels, scores = _labelled(predictions, finding)
+    counts = threshold_counts(labels, scores, threshold)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    matrix = np.array([[counts["TN"], counts["FP"]], [counts["FN"], counts["TP"]]])
+    left.imshow(matrix, cmap="Blues")
+    for (row, col), value in np.ndenumerate(matrix):
+        left.text(col, row, str(value), ha="center", va="center", fontsize=12)
+    left.set(xticks=[0, 1], xticklabels=["called negative", "called positive"], yticks=[0, 1],
+             yticklabels=["negative", "positive"],
+             title=f"threshold {threshold:.2f}: precision {counts['precision']:.2f}, recall {counts['recall']:.2f}, "
+             f"F1 {counts['F1']:.2f}")
+    left.title.set_fontsize(9)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    right.plot(fpr, tpr, color="#1f4e79")
+    right.plot([0, 1], [0, 1], ":", color="grey")
+    right.plot(counts["FPR"], counts["recall"], "o", color="#c0392b", label=f"threshold {threshold:.2f}")
+    if chosen is not None and np.isfinite(chosen):
+        point = threshold_counts(labels, scores, chosen)
+        right.plot(point["FPR"], point["recall"], "s", mfc="none", color="#117a65",
+                   label=f"validation-chosen {chosen:.2f}")
+    right.set(xlabel="false-positive rate", ylabel="true-positive rate (recall)", title=f"ROC curve: {finding}")
+    right.legend(fontsize=8, loc="lower right")
+    figure.suptitle(f"{finding} on {len(labels)} test images with a known label", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def threshold_explorer(predictions: pd.DataFrame, findings: Sequence[str],
+                       chosen: Mapping[str, float] | None = None) -> widgets.VBox:
+    """A finding menu and a threshold slider over one run's test predictions (`threshold_figure` on each change);
+    `chosen`: the validation-chosen threshold per finding, marked on the ROC curve."""
+    chosen = dict(chosen or {})
+    finding = widgets.Dropdown(options=list(findings), description="finding")
+    threshold = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="threshold",
+                                    continuous_update=False)
+
+    def show(finding: str, threshold: float) -> None:
+        _show(threshold_figure(predictions, finding, threshold, chosen.get(finding)))
+
+    box = widgets.VBox([widgets.HBox([finding, threshold]),
+                        widgets.interactive_output(show, {"finding": finding, "threshold": threshold}),
+                        widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
+    display(box)
+    return box
+
+
+def policy_counts(table: pd.DataFrame, policies: Mapping[str, str]) -> pd.DataFrame:
+    """Finding x (positive, negative, ignored, uncertain class): training labels after each finding's policy
+    (`cxrcore.findings.apply_policy`, one finding at a time, so the explorer may mix binary and 3-class policies)."""
+    rows = {}
+    for finding, policy in policies.items():
+        targets, mask = apply_policy(table[[finding]].to_numpy(), policy, [finding], table["path"].tolist())
+        counted = mask[:, 0] > 0
+        rows[finding] = {"positive": int(((targets[:, 0] == 1) & counted).sum()),
+                         "negative": int(((targets[:, 0] == 0) & counted).sum()),
+                         "ignored": int((~counted).sum()), "uncertain class": int((targets[:, 0] == 2).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def policy_figure(table: pd.DataFrame, policies: Mapping[str, str],
+                  paper_choices: Mapping[str, str] | None = None) -> Figure:
+    """Stacked bars of `policy_counts`, one per finding, each labelled with its policy (and a paper's choice)."""
+    counts = policy_counts(table, policies)
+    paper_choices = paper_choices or {}
+    names = [f"{f}\n{p}" + (f" ({paper_choices[f]} in the paper)" if f in paper_choices else "")
+             for f, p in policies.items()]
+    figure, ax = plt.subplots(figsize=(8, 0.55 * len(counts) + 1.6))
+    counts.set_axis(names).iloc[::-1].plot.barh(stacked=True, ax=ax,
+                                                  color=["#c0392b", "#2e86c1", "#d5d8dc", "#f39c12"])
+    ax.set(title=f"Training labels under each finding's policy ({len(table):,} images)", xlabel="images")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    return figure
+
+
+def policy_explorer(table: pd.DataFrame, findings: Sequence[str], default: str = "u-ones",
+                    paper_choices: Mapping[str, str] | None = None) -> widgets.VBox:
+    """A policy menu per finding over a label table (`policy_figure` on each change)."""
+    menus = {f: widgets.Dropdown(options=list(POLICIES), value=default, description=f,
+                                 style={"description_width": "140px"}) for f in findings}
+
+    def show(**chosen: str) -> None:
+        _show(policy_figure(table, chosen, paper_choices))
+
+    box = widgets.VBox([widgets.GridBox(list(menus.values()), layout=widgets.Layout(
+                            grid_template_columns="repeat(2, 330px)")),
+                        widgets.interactive_output(show, menus), widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
+    display(box)
+    return box
