@@ -75,7 +75,7 @@ def test_each_policy_sorts_the_same_labels_into_its_classes() -> None:
 
 
 def test_the_explorers_offer_their_controls(predictions: pd.DataFrame) -> None:
-    box = threshold_explorer(predictions, ["Edema"], chosen={"Edema": 0.4})
+    box = threshold_explorer(predictions, ["Edema"], chosen=pd.Series({"Edema": 0.4}))  # as youden_thresholds gives
     controls = box.children[0].children
     assert isinstance(controls[1], widgets.FloatSlider) and controls[1].value == 0.5
     assert list(controls[0].options) == ["Edema"]

@@ -82,7 +82,7 @@ def threshold_explorer(predictions: pd.DataFrame, findings: Sequence[str],
                        chosen: Mapping[str, float] | None = None) -> widgets.VBox:
     """A finding menu and a threshold slider over one run's test predictions (`threshold_figure` on each change);
     `chosen`: the validation-chosen threshold per finding, marked on the ROC curve."""
-    chosen = dict(chosen or {})
+    chosen = {} if chosen is None else dict(chosen)  # a Series of thresholds too (tables.youden_thresholds)
     finding = widgets.Dropdown(options=list(findings), description="finding")
     threshold = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="threshold",
                                     continuous_update=False)
