@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ from layouts import write_chexpert, write_nih
 from PIL import Image
 
 from cxrcore import make_settings
-from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, localisation, paper002, source_models
+from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, explore, localisation, paper002, source_models
 from cxrcore.manifest import load_manifest
 from cxrcore.metrics import score_column
 from cxrcore.runner import predict_split, run, run_key
@@ -166,3 +167,26 @@ def test_view_variants_scored_on_every_test_view_and_on_frontal_and_lateral_imag
     assert ((views["ci_low"] <= views["mean_auroc"]) & (views["mean_auroc"] <= views["ci_high"])).all()
     with pytest.raises(ValueError, match="is not in the site table"):
         paper002.by_test_view(finished, table.drop(index=test.index[:1]), n_boot=20)
+
+
+@pytest.mark.slow
+def test_the_cam_explorers_figure_shows_the_label_score_and_map_of_a_test_image(sites: Path, tmp_path: Path) -> None:
+    settings = make_settings("quick", sites, tmp_path / "runs")
+    config = {**paper002.configs(settings)[("uncertainty", "u-ones")], "arch": "resnet18", "weights": None,
+              "overrides": TINY}
+    result = run(config, runs_dir=settings.runs_dir)
+    row = result.predictions.iloc[0]
+    for method in ("CAM", "Grad-CAM"):
+        figure = explore.cam_figure(result, row["path"], "Edema", method)
+        image_ax, map_ax = figure.axes
+        label = {1.0: "positive", 0.0: "negative"}[row["Edema"]]
+        assert figure.texts[0].get_text().startswith(f"Edema: label {label}, score {row['Edema_score']:.2f}")
+        assert map_ax.get_title() == method and map_ax.images[0].get_array().shape == (32, 32, 3)
+        matplotlib.pyplot.close(figure)
+    with pytest.raises(ValueError, match="expected 'CAM' or 'Grad-CAM'"):
+        explore.cam_figure(result, row["path"], "Edema", "saliency")
+    assert explore.sign_of("Pleural Effusion") == "effusion" and explore.sign_of("Cardiomegaly") == "cardiomegaly"
+    assert explore.sign_of("No Finding") is None
+    box = explore.cam_explorer({"tiny": result}, paper002.FINDINGS, n_images=3)
+    assert box.children[1].children[1].max == 2  # the image slider spans the first three test images
+    matplotlib.pyplot.close("all")

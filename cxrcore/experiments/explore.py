@@ -7,7 +7,9 @@ site the widgets' outputs are the ones of their default state, saved with the ex
 * `threshold_explorer`: one run's test predictions of a finding at a decision threshold: confusion matrix,
   precision, recall, F1, and the operating point on the ROC curve beside the validation-chosen threshold;
 * `policy_explorer`: how an uncertainty policy per finding turns a label table's values into positives, negatives,
-  ignored labels and a third class.
+  ignored labels and a third class;
+* `cam_explorer`: a run, a finding, a test image and a map (CAM or Grad-CAM): the image with the drawn sign's
+  outline where the synthetic site has one, the map over it, the label and the score.
 """
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ from IPython.display import display
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
 
+from cxrcore.cam import class_activation_map, gradcam, overlay
+from cxrcore.experiments import localisation
 from cxrcore.findings import POLICIES, apply_policy
 from cxrcore.metrics import score_column
+from cxrcore.runner import Result
+from data_prep.synth.signs import SIGN_IDS
 
 INTERACTIVE_NOTE = "Interactive in JupyterLab: the built site shows the default setting."
 
@@ -138,5 +144,69 @@ def policy_explorer(table: pd.DataFrame, findings: Sequence[str], default: str =
     box = widgets.VBox([widgets.GridBox(list(menus.values()), layout=widgets.Layout(
                             grid_template_columns="repeat(2, 330px)")),
                         widgets.interactive_output(show, menus), widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
+    display(box)
+    return box
+
+
+def sign_of(finding: str) -> str | None:
+    """The synthetic sign drawn for a finding ("Pleural Effusion" -> "effusion"), or None if none is drawn for it."""
+    words = finding.lower().split()
+    for name in ("_".join(words), words[-1]):
+        if name in SIGN_IDS:
+            return name
+    return None
+
+
+def cam_figure(result: Result, path: str, finding: str, method: str = "CAM", *, model=None) -> Figure:
+    """One test image of a run: the grey image (the drawn sign outlined when the site recorded it) and the map of
+    `finding` over it (`method`: "CAM" or "Grad-CAM"), titled with the image's label and the run's score."""
+    findings = list(result.config["run"]["findings"])
+    model = result.load_model() if model is None else model
+    images = localisation.test_images(result, [path])  # (1, C, side, side)
+    index = findings.index(finding)
+    if method == "CAM":
+        heat = class_activation_map(model, images, index)[0]
+    elif method == "Grad-CAM":
+        heat = gradcam(model, images, index)[0]
+    else:
+        raise ValueError(f"method {method!r}: expected 'CAM' or 'Grad-CAM'")
+    row = result.predictions.set_index("path").loc[path]
+    label = {1.0: "positive", 0.0: "negative"}.get(row[finding], "not scored")
+    grey = images[0, 0].numpy()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    left.imshow(grey, cmap="gray")
+    sign, data_root = sign_of(finding), result.config["data_root"]
+    if sign and localisation.has_sign_masks(data_root) and localisation.mask_file(data_root, path).is_file():
+        mask = localisation.sign_mask(data_root, path, grey.shape[-1], sign)
+        if mask.any():
+            left.contour(mask, levels=[0.5], colors="yellow", linewidths=0.8)
+        left.set_title(f"drawn {sign}: {'outlined' if mask.any() else 'none'}", fontsize=8)
+    right.imshow(overlay(grey, heat))
+    right.set_title(method, fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(f"{finding}: label {label}, score {row[score_column(finding)]:.2f}\n{path}", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def cam_explorer(results: Mapping[str, Result], findings: Sequence[str], n_images: int = 48) -> widgets.VBox:
+    """Menus for a run, a finding and a map, and a slider over the first `n_images` test images of the first run
+    (`cam_figure` on each change; each run's model is loaded once)."""
+    models: dict[str, object] = {}
+    paths = next(iter(results.values())).predictions["path"].head(n_images).tolist()
+    run = widgets.Dropdown(options=list(results), description="run")
+    finding = widgets.Dropdown(options=list(findings), description="finding")
+    method = widgets.ToggleButtons(options=["CAM", "Grad-CAM"], description="map")
+    image = widgets.IntSlider(value=0, min=0, max=len(paths) - 1, description="test image", continuous_update=False)
+
+    def show(run: str, finding: str, method: str, image: int) -> None:
+        model = models.setdefault(run, results[run].load_model())
+        _show(cam_figure(results[run], paths[image], finding, method, model=model))
+
+    controls = {"run": run, "finding": finding, "method": method, "image": image}
+    box = widgets.VBox([widgets.HBox([run, finding]), widgets.HBox([method, image]),
+                        widgets.interactive_output(show, controls), widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
     display(box)
     return box
