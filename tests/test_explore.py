@@ -9,8 +9,11 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from cxrcore.experiments.explore import (
+    lung_templates,
     policy_counts,
     policy_explorer,
+    render_with_sign,
+    sign_figure,
     threshold_counts,
     threshold_explorer,
     threshold_figure,
@@ -83,3 +86,30 @@ def test_the_explorers_offer_their_controls(predictions: pd.DataFrame) -> None:
     menus = policy_explorer(table, ["Edema"], paper_choices={"Edema": "u-multiclass"}).children[0].children
     assert [m.value for m in menus] == ["u-ones"] and "u-multiclass" in menus[0].options
     matplotlib.pyplot.close("all")
+
+
+@pytest.fixture(scope="module")
+def templates() -> tuple[np.ndarray, np.ndarray]:
+    return lung_templates()  # the 517 real lung masks, read once
+
+
+@pytest.mark.parametrize("sign", ["effusion", "pneumothorax"])
+def test_a_more_severe_sign_covers_more_of_the_same_patient(sign: str, templates) -> None:
+    plain_low, low, low_mask = render_with_sign(sign, 0.3, templates=templates)
+    plain_high, high, high_mask = render_with_sign(sign, 1.0, templates=templates)
+    np.testing.assert_array_equal(plain_low, plain_high)  # the same patient, without the sign
+    assert 0 < low_mask.sum() < high_mask.sum()
+    change = np.abs(high.astype(float) - plain_high.astype(float))
+    assert change[high_mask].mean() > 5 * change[~high_mask].mean()  # the sign changes the image where it was drawn
+
+
+def test_a_small_effusion_is_not_drawn_on_a_frontal_view_and_bad_knobs_are_refused(templates) -> None:
+    _, _, mask = render_with_sign("effusion", 0.1, templates=templates)  # small effusions: the lateral's sulcus only
+    assert not mask.any()
+    figure = sign_figure("effusion", 0.1, templates=templates)
+    assert "(0.0% of the image)" in figure.texts[0].get_text() and len(figure.axes) == 3
+    matplotlib.pyplot.close(figure)
+    with pytest.raises(ValueError, match="sign 'effusions'"):
+        render_with_sign("effusions", 0.5, templates=templates)
+    with pytest.raises(ValueError, match=r"severity 0: expected a value in \(0, 1\]"):
+        render_with_sign("effusion", 0, templates=templates)

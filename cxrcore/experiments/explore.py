@@ -9,7 +9,9 @@ site the widgets' outputs are the ones of their default state, saved with the ex
 * `policy_explorer`: how an uncertainty policy per finding turns a label table's values into positives, negatives,
   ignored labels and a third class;
 * `cam_explorer`: a run, a finding, a test image and a map (CAM or Grad-CAM): the image with the drawn sign's
-  outline where the synthetic site has one, the map over it, the label and the score.
+  outline where the synthetic site has one, the map over it, the label and the score;
+* `sign_explorer`: the demo sites' renderer draws one sign at a chosen severity on a synthetic patient built on a
+  real lung mask, beside the same patient without it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,11 @@ from cxrcore.experiments import localisation
 from cxrcore.findings import POLICIES, apply_policy
 from cxrcore.metrics import score_column
 from cxrcore.runner import Result
+from data_prep.synth.plan import make_sign
+from data_prep.synth.render import render
 from data_prep.synth.signs import SIGN_IDS
+from data_prep.synth.styles import STYLES
+from data_prep.synth.templates import lung_templates
 
 INTERACTIVE_NOTE = "Interactive in JupyterLab: the built site shows the default setting."
 
@@ -207,6 +213,65 @@ def cam_explorer(results: Mapping[str, Result], findings: Sequence[str], n_image
 
     controls = {"run": run, "finding": finding, "method": method, "image": image}
     box = widgets.VBox([widgets.HBox([run, finding]), widgets.HBox([method, image]),
+                        widgets.interactive_output(show, controls), widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
+    display(box)
+    return box
+
+
+Images = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def render_with_sign(sign: str, severity: float, *, site: str = "chexpert", patient: int = 0, side: int = 256,
+                     templates: tuple[np.ndarray, np.ndarray] | None = None) -> Images:
+    """(image without the sign, image with it, mask of where it was drawn): one synthetic frontal PA image of
+    patient number `patient` on a site's style, rendered twice from the same seeds (`data_prep.synth.render`);
+    `templates`: `lung_templates()` (the real lung masks), read once by the caller when rendering many."""
+    if sign not in SIGN_IDS:
+        raise ValueError(f"sign {sign!r}: expected one of {', '.join(SIGN_IDS)}")
+    if not 0 < severity <= 1:
+        raise ValueError(f"severity {severity}: expected a value in (0, 1]")
+    shapes, aspects = lung_templates() if templates is None else templates
+    job = {"seed": 0, "site": site, "index": patient, "height": side, "width": side, "patient_number": patient,
+           "study_number": patient, "sex": "F" if patient % 2 else "M", "age": 60.0, "projection": "PA",
+           "view": "frontal"}
+    placed = make_sign(np.random.default_rng(patient), sign, severity=severity)  # side and zone as the sites draw
+    plain, _, _ = render({**job, "signs": []}, shapes, aspects)
+    drawn, masks, _ = render({**job, "signs": [placed]}, shapes, aspects)
+    return plain, drawn, masks[..., 0] == SIGN_IDS[sign]
+
+
+def sign_figure(sign: str, severity: float, *, site: str = "chexpert", patient: int = 0,
+                templates: tuple[np.ndarray, np.ndarray] | None = None) -> Figure:
+    """The same synthetic patient without and with a sign at `severity`, and the sign's outline on the latter."""
+    plain, drawn, mask = render_with_sign(sign, severity, site=site, patient=patient, templates=templates)
+    change = np.abs(drawn.astype(float) - plain.astype(float))[mask].mean() if mask.any() else 0.0
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    for ax, image, title in zip(axes, (plain, drawn, drawn), ("without", f"{sign}, severity {severity:.2f}",
+                                                             "where it was drawn"), strict=True):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set(xticks=[], yticks=[], title=title)
+    if mask.any():
+        axes[2].contour(mask, levels=[0.5], colors="yellow", linewidths=0.8)
+    figure.suptitle(f"{site} style, patient {patient}: the sign changes its pixels by {change:.1f} grey levels "
+                    f"on average ({mask.mean():.1%} of the image)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def sign_explorer(signs: Sequence[str] = tuple(SIGN_IDS), default: str = "effusion") -> widgets.VBox:
+    """Menus for a sign and a site style, sliders for its severity and the patient (`sign_figure` on each change)."""
+    templates = lung_templates()  # the real lung masks, read once
+    sign = widgets.Dropdown(options=list(signs), value=default, description="sign")
+    site = widgets.Dropdown(options=list(STYLES), description="site style")
+    severity = widgets.FloatSlider(value=0.3, min=0.05, max=1.0, step=0.05, description="severity",
+                                   continuous_update=False)
+    patient = widgets.IntSlider(value=0, min=0, max=20, description="patient", continuous_update=False)
+
+    def show(sign: str, site: str, severity: float, patient: int) -> None:
+        _show(sign_figure(sign, severity, site=site, patient=patient, templates=templates))
+
+    controls = {"sign": sign, "site": site, "severity": severity, "patient": patient}
+    box = widgets.VBox([widgets.HBox([sign, site]), widgets.HBox([severity, patient]),
                         widgets.interactive_output(show, controls), widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
     display(box)
     return box
