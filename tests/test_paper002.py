@@ -15,10 +15,11 @@ from cxrcore import make_settings
 from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, explore, localisation, paper002, source_models
 from cxrcore.manifest import load_manifest
 from cxrcore.metrics import score_column
-from cxrcore.runner import predict_split, run, run_key
+from cxrcore.runner import Result, predict_split, run, run_key
 from data_prep.splits import VIEW_ARMS
 
 TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
+TINY_MODEL = {"arch": "resnet18", "weights": None, "overrides": TINY}  # a variant's config, made tiny
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,13 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_chexpert(root, n_train_patients=40, n_valid_patients=40)
     write_nih(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_baseline(sites: Path, tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """The baseline variant (every view, ImageNet statistics, U-Ones) as a tiny real run, trained once."""
+    settings = make_settings("quick", sites, tmp_path_factory.mktemp("paper002_runs"))
+    return run({**paper002.configs(settings)[("uncertainty", "u-ones")], **TINY_MODEL}, runs_dir=settings.runs_dir)
 
 
 def test_every_section_has_its_variants_and_the_baseline_is_one_run(sites: Path, tmp_path: Path) -> None:
@@ -78,7 +86,7 @@ def test_a_run_scored_on_its_own_manifest_matches_its_test_predictions_and_on_an
         sites: Path, tmp_path: Path) -> None:
     settings = make_settings("quick", sites, tmp_path / "runs")
     config = paper002.configs(settings)[("normalization", "dataset")]  # statistics of the run's training images
-    config = {**config, "arch": "resnet18", "weights": None, "overrides": TINY}
+    config = {**config, **TINY_MODEL}
     result = run(config, runs_dir=settings.runs_dir)
     own = predict_split(result, "test", manifest=config["manifest"])
     columns = [score_column(f) for f in paper002.FINDINGS]
@@ -99,8 +107,7 @@ def test_a_run_scored_on_its_own_manifest_matches_its_test_predictions_and_on_an
 def test_variants_of_a_section_are_compared_finding_by_finding_with_bh_q_values(sites: Path, tmp_path: Path) -> None:
     settings = make_settings("quick", sites, tmp_path / "runs")
     configs = paper002.configs(settings)
-    tiny = {"arch": "resnet18", "weights": None, "overrides": TINY}
-    finished = {key: run({**configs[key], **tiny}, runs_dir=settings.runs_dir)
+    finished = {key: run({**configs[key], **TINY_MODEL}, runs_dir=settings.runs_dir)
                 for key in [("normalization", "imagenet"), ("normalization", "none"), ("uncertainty", "u-zeros")]}
     results, groups = paper002.labelled(finished)
     assert groups == {"normalization": ["normalization: imagenet", "normalization: none"],
@@ -109,7 +116,7 @@ def test_variants_of_a_section_are_compared_finding_by_finding_with_bh_q_values(
     assert set(table["pair"]) == {"normalization: imagenet vs normalization: none"}  # within sections only
     assert len(table) == table["finding"].nunique() > 0
     assert ((table["q (BH)"] >= table["p"]) & (table["q (BH)"] <= 1)).all()
-    other_test = {**configs[("normalization", "none")], **tiny, "max_test_images": 2}
+    other_test = {**configs[("normalization", "none")], **TINY_MODEL, "max_test_images": 2}
     with pytest.raises(ValueError, match="not tested on the same images"):
         paper002.comparisons({**finished, ("normalization", "fewer"): run(other_test, runs_dir=settings.runs_dir)})
 
@@ -131,11 +138,8 @@ def test_pixel_statistics_of_each_site_present_and_of_imagenet(sites: Path) -> N
 
 
 @pytest.mark.slow
-def test_cam_and_gradcam_of_one_run_on_the_same_images(sites: Path, tmp_path: Path) -> None:
-    settings = make_settings("quick", sites, tmp_path / "runs")
-    config = {**paper002.configs(settings)[("uncertainty", "u-ones")], "arch": "resnet18", "weights": None,
-              "overrides": TINY}
-    result = run(config, runs_dir=settings.runs_dir)
+def test_cam_and_gradcam_of_one_run_on_the_same_images(tiny_baseline: Result) -> None:
+    result = tiny_baseline
     paths = result.predictions["path"].head(3).tolist()
     shown, maps = localisation.cam_and_gradcam(result, paths, paper002.FINDINGS.index("Pleural Effusion"))
     assert tuple(shown.shape) == (3, 32, 32) and list(maps) == ["CAM", "Grad-CAM"]
@@ -150,8 +154,8 @@ def test_view_variants_scored_on_every_test_view_and_on_frontal_and_lateral_imag
         sites: Path, tmp_path: Path) -> None:
     settings = make_settings("quick", sites, tmp_path / "runs")
     configs = paper002.configs(settings)
-    finished = {key: run({**configs[key], "arch": "resnet18", "weights": None, "overrides": TINY},
-                         runs_dir=settings.runs_dir) for key in configs if key[0] == "views"}
+    finished = {key: run({**configs[key], **TINY_MODEL}, runs_dir=settings.runs_dir)
+                for key in configs if key[0] == "views"}
     table = paper002.site_table(sites)
     views = paper002.by_test_view(finished, table, n_boot=20)
     assert set(views["variant"]) == set(VIEW_ARMS)
@@ -170,11 +174,8 @@ def test_view_variants_scored_on_every_test_view_and_on_frontal_and_lateral_imag
 
 
 @pytest.mark.slow
-def test_the_cam_explorers_figure_shows_the_label_score_and_map_of_a_test_image(sites: Path, tmp_path: Path) -> None:
-    settings = make_settings("quick", sites, tmp_path / "runs")
-    config = {**paper002.configs(settings)[("uncertainty", "u-ones")], "arch": "resnet18", "weights": None,
-              "overrides": TINY}
-    result = run(config, runs_dir=settings.runs_dir)
+def test_the_cam_explorers_figure_shows_the_label_score_and_map_of_a_test_image(tiny_baseline: Result) -> None:
+    result = tiny_baseline
     row = result.predictions.iloc[0]
     for method in ("CAM", "Grad-CAM"):
         figure = explore.cam_figure(result, row["path"], "Edema", method)
