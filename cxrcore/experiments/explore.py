@@ -208,8 +208,9 @@ def cam_explorer(results: Mapping[str, Result], findings: Sequence[str], n_image
     image = widgets.IntSlider(value=0, min=0, max=len(paths) - 1, description="test image", continuous_update=False)
 
     def show(run: str, finding: str, method: str, image: int) -> None:
-        model = models.setdefault(run, results[run].load_model())
-        _show(cam_figure(results[run], paths[image], finding, method, model=model))
+        if run not in models:  # load each run's model once, on first use
+            models[run] = results[run].load_model()
+        _show(cam_figure(results[run], paths[image], finding, method, model=models[run]))
 
     controls = {"run": run, "finding": finding, "method": method, "image": image}
     box = widgets.VBox([widgets.HBox([run, finding]), widgets.HBox([method, image]),
