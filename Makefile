@@ -33,6 +33,10 @@ endif
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS      ?= book,test
 CXR_PROFILE   ?= quick
+# `make test` executes every chapter in the smoke profile: the quick profile's runs, each on a quarter of its training
+# images for at most two epochs, so the test suite checks every chapter end to end in minutes while `make book`
+# trains the quick book (~40 min on two cores); TEST_PROFILE=quick tests the quick book itself
+TEST_PROFILE  ?= smoke
 CXR_DATA_ROOT ?= $(CURDIR)/data/demo
 CXR_RUNS_DIR  ?= $(CURDIR)/runs
 # runs trained at once by `make runs` (one process each, cores/JOBS threads): 2 trains ~25 % more images/s on 2 cores;
@@ -52,7 +56,7 @@ endif
 # jupyter-cache hashes only a notebook's code cells: key the cache on the library's code too
 CODE_HASH    = $$(find cxrcore data_prep -name '*.py' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
 
-.PHONY: help venv vendor data runs book test lint notebooks-test lab weights clean
+.PHONY: help venv vendor data runs book test lint notebooks-test chromium site-check lab weights clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,10 +80,10 @@ ifdef USES_ACTIVE_ENV
 	'import torch; print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")'
 endif
 
-_vendor/.complete:
+_vendor/.complete-2:
 	@$(TIMED) vendor bash .ci/vendor-js _vendor
 
-vendor: _vendor/.complete  ## local copies of MathJax, require.js and the widget manager (offline site)
+vendor: _vendor/.complete-2  ## local copies of MathJax, require.js and the widget manager (offline site)
 
 $(CXR_DATA_ROOT)/.complete: | $(STAMP)
 	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT)
@@ -102,15 +106,30 @@ lint: venv  ## ruff over the code and the chapters
 # nbmake executes a copy of the book's sources in _tested/ (the committed notebooks keep no outputs; nbmake skips
 # any path with _build in it) and keeps their outputs;
 # the test build renders that copy without executing the chapters a second time
-notebooks-test: venv vendor data runs  ## execute every chapter with nbmake, then build the site from its outputs
+notebooks-test: venv vendor data runs  ## execute every chapter with nbmake (TEST_PROFILE), then build the site from them
+	@echo "executing the chapters in the $(CXR_PROFILE) profile"
 	@rm -rf $(TESTED) && mkdir -p $(TESTED) && cp -r _toc.yml book $(TESTED)/ && ln -s $(CURDIR)/_vendor $(TESTED)/_vendor
 	@sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(TESTED)/_config.yml
 	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) nbmake $(BIN)/pytest --nbmake --overwrite --nbmake-timeout=1800 \
 	  -p no:cacheprovider --durations=0 -n $(JOBS) $(TESTED)/book
 	$(TIMED) book-build $(BIN)/jupyter-book build $(TESTED) --warningiserror --nitpick --keep-going
 	@echo "The tested book is at file://$(CURDIR)/$(TESTED)/_build/html/index.html"
+	@$(MAKE) --no-print-directory site-check SITE=$(TESTED)/_build/html
 
-test: venv vendor data lint  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
+SITE ?= _build/html
+
+chromium:  ## install Debian's Chromium for the site check when it is missing (as root, with apt-get)
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(TIMED) chromium-install bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null'; \
+	else echo "no Chromium, and not root with apt-get: the site check will be skipped (install the chromium package)"; fi
+
+site-check: venv chromium  ## open every page of the built site (SITE=_build/html) in headless Chromium and check it
+	$(TIMED) site-check $(BIN)/python tests/site_check.py $(SITE)
+
+test notebooks-test: CXR_PROFILE := $(TEST_PROFILE)
+
+test: venv vendor data lint chromium  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
 	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) pytest $(BIN)/pytest -n $(JOBS) --durations=15
 	@$(MAKE) --no-print-directory notebooks-test
 

@@ -1,5 +1,6 @@
 """Each paper's training hyper-parameters as a named preset, and the quick profile's versions of them
-(`quick_profile_preset`), which only shrink sizes and set the schedule.
+(`quick_profile_preset`), which only shrink sizes and set the schedule; the smoke profile cuts those further
+(`smoke_profile_preset`, `SMOKE_TRAIN_SHARE`) for the test suite.
 
 Values are as the papers report them; where a paper does not report a value the preset says so in `chosen`
 (the value used there is this project's choice, not the paper's).
@@ -19,6 +20,10 @@ QUICK_MAX_EPOCHS = 10
 QUICK_SCHEDULER = "onecycle"
 # what quick_profile_preset() changes: shown in the recipe tables
 QUICK_FIELDS = ("image_size", "batch_size", "epochs", "scheduler")
+# The smoke profile (`make test`) executes every chapter end to end on two cores in minutes: the quick profile's
+# runs with at most two epochs on a quarter of each run's training images; its numbers check code, not teach.
+SMOKE_MAX_EPOCHS = 2
+SMOKE_TRAIN_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,11 @@ def quick_profile_preset(preset: Preset | str) -> Preset:
     batch = QUICK_BATCH // 4 if preset.large else QUICK_BATCH
     return dataclasses.replace(preset, image_size=size, batch_size=batch, epochs=min(preset.epochs, QUICK_MAX_EPOCHS),
                                scheduler=QUICK_SCHEDULER, quick_profile=True)
+
+
+def smoke_profile_preset(preset: Preset) -> Preset:
+    """The smoke profile's cut of a quick-profile preset (after a run's overrides): at most SMOKE_MAX_EPOCHS."""
+    return dataclasses.replace(preset, epochs=min(preset.epochs, SMOKE_MAX_EPOCHS))
 
 
 def with_overrides(preset: Preset, overrides: dict | None) -> Preset:

@@ -42,8 +42,15 @@ from cxrcore.findings import ALL_FINDINGS, NIH_TO_HARMONIZED, resolve_policy
 from cxrcore.manifest import FINAL_SPLITS, VIEWS, load_manifest
 from cxrcore.metrics import auroc_per_class, score_column
 from cxrcore.models import ARCHS, HEADS, build_model, load_model, save_model
-from cxrcore.presets import Preset, get_preset, quick_profile_preset, with_overrides
-from cxrcore.settings import DATA_ROOT_ENV, PROFILES, settings
+from cxrcore.presets import (
+    SMOKE_TRAIN_SHARE,
+    Preset,
+    get_preset,
+    quick_profile_preset,
+    smoke_profile_preset,
+    with_overrides,
+)
+from cxrcore.settings import DATA_ROOT_ENV, PROFILES, quick_sized, settings
 from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict
 
 if TYPE_CHECKING:
@@ -236,7 +243,7 @@ class RunConfig:
     feature_cache: bool = False  # frozen backbone: train the head on features computed once (images not augmented)
     preset: str = "paper000"
     overrides: dict = field(default_factory=dict)  # preset fields replaced (lr, epochs, image_size, ...)
-    profile: str | None = None  # quick | full (required to run); quick applies presets.quick_profile_preset()
+    profile: str | None = None  # quick | smoke | full (required to run); quick applies presets.quick_profile_preset()
     seed: int = 0
     train_split: str = "train"
     valid_split: str = "valid"
@@ -361,11 +368,11 @@ def resolved_preset(config: dict | RunConfig) -> Preset:
 
 def _resolve_preset(config: RunConfig) -> Preset:
     if config.profile is None:
-        raise ValueError("run config: 'profile' is missing (quick or full; `python -m cxrcore train` fills it from "
-                         "$CXR_PROFILE)")
+        raise ValueError("run config: 'profile' is missing (quick, smoke or full; `python -m cxrcore train` fills it "
+                         "from $CXR_PROFILE)")
     preset = get_preset(config.preset)
-    return with_overrides(quick_profile_preset(preset) if config.profile.lower() == "quick" else preset,
-                          config.overrides)
+    preset = with_overrides(quick_profile_preset(preset) if quick_sized(config.profile) else preset, config.overrides)
+    return smoke_profile_preset(preset) if config.profile.lower() == "smoke" else preset
 
 
 def _runs_dir(runs_dir: str | Path | None) -> Path:
@@ -399,7 +406,8 @@ def _key_material(config: RunConfig, runs_dir: Path) -> dict:
     preset = _resolve_preset(config)
     _, weights_hash = _resolve_weights(config, runs_dir, execute=False)
     hashed = {k: v for k, v in config.to_dict().items() if k not in ("data_root", "num_workers", "profile")}
-    return {"config": hashed, "preset": preset.to_dict(), "manifest": _file_hash(config.manifest),
+    return {"config": hashed, "preset": preset.to_dict(), "train_share": _train_share(config),
+            "manifest": _file_hash(config.manifest),
             "test_manifest": _file_hash(config.test_manifest) if config.test_manifest else None,
             "weights": weights_hash, "code": code_hash()}
 
@@ -426,11 +434,27 @@ def _limit_patients(rows: pd.DataFrame, max_images: int | None, seed: int) -> pd
     return rows[rows["patient_id"].isin(keep)]
 
 
+def train_image_count(config: dict | RunConfig) -> int:
+    """How many training images a run config trains on: its manifest's split and views, whole patients up to its
+    image cap, and its profile's share (without loading an image)."""
+    config = RunConfig.from_dict(config)
+    return len(_split_rows(load_manifest(config.manifest), config.train_split, config.views, config.max_train_images,
+                           config.seed, config.manifest, _train_share(config)))
+
+
+def _train_share(config: RunConfig) -> float:
+    """The share of its training images a run trains on: all, or SMOKE_TRAIN_SHARE in the smoke profile."""
+    return SMOKE_TRAIN_SHARE if (config.profile or "").lower() == "smoke" else 1.0
+
+
 def _split_rows(manifest: pd.DataFrame, split: str, views: list[str] | None, limit: int | None, seed: int,
-                source: str) -> pd.DataFrame:
+                source: str, share: float = 1.0) -> pd.DataFrame:
+    """A split's rows (in the views asked for), whole patients up to `limit` images, then `share` of those."""
     rows = manifest[manifest["split"] == split]
     if views is not None:
         rows = rows[rows["view"].isin(views)]
+    if share < 1.0:  # the smoke profile: a share of what the quick profile would train on
+        limit = max(1, round(min(limit or len(rows), len(rows)) * share))
     rows = _limit_patients(rows, limit, seed).reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{source}: no images in split {split!r}" + (f" with views {views}" if views else ""))
@@ -473,7 +497,7 @@ def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
     test_source = load_manifest(config.test_manifest) if config.test_manifest else manifest
     tables = {
         "train": _split_rows(manifest, config.train_split, config.views, config.max_train_images, config.seed,
-                             config.manifest),
+                             config.manifest, _train_share(config)),
         "valid": _split_rows(manifest, config.valid_split, config.views, config.max_valid_images, config.seed,
                              config.manifest),
         "test": _split_rows(test_source, config.test_split, config.views, config.max_test_images, config.seed,

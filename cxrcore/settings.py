@@ -1,17 +1,20 @@
-"""The two profiles and where data and runs live, read from environment variables."""
+"""The profiles and where data and runs live, read from environment variables."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "smoke", "full")
+# CPU-sized profiles: the quick profile's presets and counts; smoke trains fewer images and epochs of the same runs
+# (cxrcore.presets.smoke_profile_preset), so that `make test` checks every chapter end to end in minutes
+QUICK_SIZED = ("quick", "smoke")
 DATA_ROOT_ENV = "CXR_DATA_ROOT"  # named in errors about a wrong data root
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Profile (`CXR_PROFILE`: quick|full), data root (`CXR_DATA_ROOT`) and run cache (`CXR_RUNS_DIR`)."""
+    """Profile (`CXR_PROFILE`: quick|smoke|full), data root (`CXR_DATA_ROOT`) and run cache (`CXR_RUNS_DIR`)."""
 
     profile: str
     data_root: Path
@@ -19,8 +22,13 @@ class Settings:
 
     @property
     def is_quick_profile(self) -> bool:
-        """True in the quick profile (CPU, demo data, small sizes, few epochs)."""
-        return self.profile == "quick"
+        """True in the quick profile (CPU, demo data, small sizes, few epochs) and its cut-down smoke version."""
+        return quick_sized(self.profile)
+
+
+def quick_sized(profile: str) -> bool:
+    """Whether a profile trains the quick profile's CPU-sized runs (quick, or smoke: the same runs, cut down)."""
+    return profile.lower() in QUICK_SIZED
 
 
 def make_settings(profile: str, data_root: str | Path, runs_dir: str | Path) -> Settings:

@@ -127,7 +127,7 @@ def test_every_preset_field_an_override_may_set_is_checked(site, tmp_path) -> No
     ({"policy": {"Lung Opacity": "u-ones"}}, r"policy=.*missing findings \['Pleural Effusion'\]"),
     ({"test_split": "testing"}, r"test_split='testing': expected one of \['train', 'valid', 'test'\]"),
     ({"freeze_backbone": "yes"}, r"freeze_backbone='yes': expected true or false"),
-    ({"profile": "fast"}, r"profile='fast': expected one of \['quick', 'full'\]"),
+    ({"profile": "fast"}, r"profile='fast': expected one of \['quick', 'smoke', 'full'\]"),
     ({"num_workers": -1}, r"num_workers=-1: expected a whole number >= 0"),
     ({"overrides": [["epochs", 2]]}, r"overrides=\[\['epochs', 2\]\]: expected an object of preset fields"),
     ({"weights": {"run": {"manifest": "m.csv", "findings": "Edema"}}}, r"weights\['run'\].*findings='Edema'"),
@@ -153,14 +153,14 @@ def test_json_friendly_forms_and_every_experiment_config_still_pass(site, tmp_pa
     assert RunConfig.from_dict(_config(site, arch="ResNet18")).arch == "ResNet18"
     root = site[0]
     checked = 0
-    for profile in ("quick", "full"):
+    for profile in ("quick", "smoke", "full"):
         settings = make_settings(profile, root, tmp_path / "runs")
         for name in EXPERIMENTS:
             for stage in experiment(name).stages(settings):
                 for config in stage:
                     RunConfig.from_dict(config)
                     checked += 1
-    assert checked >= 40
+    assert checked >= 60
 
 
 def test_cli_refuses_a_bad_config_naming_the_file_and_field(site, tmp_path) -> None:

@@ -124,9 +124,20 @@ def test_gradient_steps_counts_batches_per_epoch() -> None:
     assert gradient_steps(result) == 9  # 3 epochs of 3 batches (the last one partial)
 
 
-def test_recipe_table_puts_each_paper_beside_this_run() -> None:
+def _one_image_per_patient(path, train_images: int):
+    """A manifest in the project's schema: one frontal image per patient, train_images of them in the train split."""
+    rows = [{"path": f"p/P{i:05d}/s1/view1_frontal.png", "site": "chexpert", "patient_id": f"{i:05d}",
+             "study_id": f"{i:05d}/s1", "view": "frontal", "projection": "PA", "sex": "F", "age": 50,
+             "split": "train" if i < train_images else "test", "Cardiomegaly": i % 2, "Edema": 0}
+            for i in range(train_images + 10)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def test_recipe_table_puts_each_paper_beside_this_run(tmp_path) -> None:
     """The quick profile's changes show in "this run"; the training images are the runs' own counts, or all."""
-    run = {"manifest": "m.csv", "findings": FINDINGS, "profile": "quick", "overrides": {"epochs": 8}}
+    manifest = _one_image_per_patient(tmp_path / "m.csv", 2_000)
+    run = {"manifest": manifest, "findings": FINDINGS, "profile": "quick", "overrides": {"epochs": 8}}
     configs = [{**run, "preset": "paper000", "max_train_images": 600},
                {**run, "preset": "paper000", "max_train_images": 100},
                {**run, "preset": "paper003", "max_train_images": None}]
@@ -137,6 +148,8 @@ def test_recipe_table_puts_each_paper_beside_this_run() -> None:
     assert paper000.loc["lr"].tolist() == ["0.001", "0.001"]  # the quick profile keeps the paper's rate
     assert paper000.loc["training images"].tolist() == ["2,000 (all)", "100 or 600"]
     assert table.xs("paper003", axis=1, level=0).loc["training images"].tolist() == ["2,000 (all)", "2,000"]
+    smoke = recipe_table([{**configs[0], "profile": "smoke"}], 2_000).droplevel([0, 1], axis=1)  # a quarter, 2 epochs
+    assert smoke.loc[["epochs", "training images"], "this run"].tolist() == ["2", "150"]
 
 
 def test_mean_rows_and_their_sentences() -> None:

@@ -1,6 +1,7 @@
 """The experiment runner: a real (tiny) run from PNG files and a manifest, its on-disk cache and its keys."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,8 @@ from PIL import Image
 from cxrcore.cli import dispatch
 from cxrcore.metrics import score_column
 from cxrcore.models import build_model
-from cxrcore.runner import RunConfig, evaluation_dataset, predict_split, run, run_key
+from cxrcore.presets import SMOKE_MAX_EPOCHS, SMOKE_TRAIN_SHARE
+from cxrcore.runner import RunConfig, evaluation_dataset, predict_split, resolved_preset, run, run_key
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion"]
 COMMANDS = {"train": ("cxrcore.runner", "train")}
@@ -105,6 +107,20 @@ def test_key_changes_with_config_and_manifest(site, tmp_path):
     table.loc[0, "Cardiomegaly"] = "0" if table.loc[0, "Cardiomegaly"] == "1" else "1"
     table.to_csv(changed, index=False)
     assert run_key(_config(root, changed), runs_dir=tmp_path) != base
+
+
+def test_smoke_profile_cuts_the_quick_runs_images_and_epochs(site, tmp_path):
+    root, manifest = site
+    cut = {"image_size": 32, "epochs": 3, "batch_size": 4}
+    quick = resolved_preset(_config(root, manifest, overrides=cut))
+    smoke = resolved_preset(_config(root, manifest, overrides=cut, profile="smoke"))
+    assert (quick.epochs, smoke.epochs) == (3, SMOKE_MAX_EPOCHS)
+    assert dataclasses.replace(smoke, epochs=quick.epochs) == quick  # nothing else changes
+    result = run(_config(root, manifest, overrides=cut, profile="smoke"), runs_dir=tmp_path / "runs")
+    assert 0 < result.metrics["images"]["train"] <= 12 * SMOKE_TRAIN_SHARE  # whole patients, up to 3 of 12 images
+    assert result.metrics["images"]["test"] == 6 and len(result.history) == SMOKE_MAX_EPOCHS  # test set as quick
+    assert run_key(_config(root, manifest, profile="smoke"), runs_dir=tmp_path) != run_key(
+        _config(root, manifest), runs_dir=tmp_path)
 
 
 def test_bad_configs_fail_clearly(site, tmp_path):

@@ -44,7 +44,7 @@ def configs(settings: Settings, tables: dict[str, pd.DataFrame] | None = None) -
         out[name] = {"manifest": str(path), "findings": FINDINGS, "data_root": str(settings.data_root),
                      "arch": "resnet18", "preset": "paper000", "policy": "u-ones", "seed": 0,
                      "profile": settings.profile, "overrides": {"augment": False},
-                     "max_train_images": QUICK_TRAIN_IMAGES if settings.profile == "quick" else None}
+                     "max_train_images": QUICK_TRAIN_IMAGES if settings.is_quick_profile else None}
     return out
 
 

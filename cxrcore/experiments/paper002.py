@@ -35,7 +35,7 @@ from cxrcore.experiments.tables import (
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
 from cxrcore.presets import get_preset, quick_profile_preset
 from cxrcore.runner import Result, predict_split, run
-from cxrcore.settings import Settings
+from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import CHEXPERT_DIR, HOSPITAL_DIR, NIH_DIR, read_chexpert, read_hospital, read_nih
 from data_prep.splits import VIEW_ARMS, split_patients, view_arms
 
@@ -70,7 +70,7 @@ def site_table(data_root: Path) -> pd.DataFrame:
 def train_images(table: pd.DataFrame, profile: str) -> int:
     """Training images of every variant: a few hundred in the quick profile, else every frontal training image
     (so that the frontal-only variant can match the frontal+lateral variant's count)."""
-    if profile == "quick":
+    if quick_sized(profile):
         return QUICK_TRAIN_IMAGES
     return int(((table["split"] == "train") & (table["view"] == "frontal")).sum())
 
@@ -78,7 +78,7 @@ def train_images(table: pd.DataFrame, profile: str) -> int:
 def input_side(profile: str) -> int:
     """The variants' input side: paper 002's, or the quick profile's."""
     preset = get_preset(PRESET)
-    return (quick_profile_preset(preset) if profile == "quick" else preset).image_size
+    return (quick_profile_preset(preset) if quick_sized(profile) else preset).image_size
 
 
 def pixel_statistics(settings: Settings, n: int = STATISTICS_IMAGES) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from cxrcore.manifest import write_derived_manifest
 from cxrcore.metrics import score_column
 from cxrcore.models import build_model, target_layer
 from cxrcore.runner import Result, evaluation_dataset, run
-from cxrcore.settings import Settings
+from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import assign_splits, read_nih
 
 NAME = "source-models"
@@ -71,7 +71,7 @@ def source_config(architecture: Architecture, manifest: Path, data_root: Path, p
     return {"manifest": str(manifest), "findings": SOURCE_FINDINGS, "data_root": str(data_root),
             "arch": architecture.arch, "head": architecture.head, "channels": 3, "preset": SOURCE_PRESET,
             "policy": "u-ones", "seed": 0, "profile": profile,
-            "max_train_images": architecture.quick_images(QUICK_SOURCE_IMAGES) if profile == "quick" else None}
+            "max_train_images": architecture.quick_images(QUICK_SOURCE_IMAGES) if quick_sized(profile) else None}
 
 
 def trainable_parameters(architecture: Architecture, num_classes: int, arm: str = "fine-tuned") -> int:

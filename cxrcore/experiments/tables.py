@@ -13,7 +13,7 @@ from scipy.stats import false_discovery_control
 
 from cxrcore.metrics import delong_test, precision_recall_f1, score_column, summarize, thresholds
 from cxrcore.presets import QUICK_FIELDS, get_preset
-from cxrcore.runner import Result, resolved_preset
+from cxrcore.runner import Result, resolved_preset, train_image_count
 from cxrcore.settings import Settings
 
 RESULT_COLUMNS = ["experiment", "model", "arm", "train_images", "test_images", "mean_auroc", "ci_low", "ci_high",
@@ -24,7 +24,7 @@ MIN_POSITIVES = 5  # fewer test positives: no AUROC is reported for the finding 
 
 def bootstrap_draws(settings: Settings) -> int:
     """Patient-bootstrap draws of the profile's intervals (fewer on a CPU)."""
-    return 300 if settings.profile == "quick" else 2000
+    return 300 if settings.is_quick_profile else 2000
 
 
 def scored_findings(predictions: pd.DataFrame, findings: Sequence[str], min_positives: int = MIN_POSITIVES) -> list:
@@ -126,19 +126,27 @@ def gradient_steps(result: Result) -> int:
 
 def recipe_table(configs: Iterable[dict], all_train_images: int) -> pd.DataFrame:
     """Each preset the runs use as its paper reports it beside what these runs train with (the profile's changes),
-    and their training images; columns (preset, paper, "reported" | "this run")."""
+    and the training images they train on (`runner.train_image_count`); columns (preset, paper, "reported" |
+    "this run")."""
     columns: dict[tuple[str, str, str], list] = {}
     images: dict[str, set[int]] = {}
     for config in configs:
         paper, shown = get_preset(config["preset"]), resolved_preset(config)
         columns[(paper.name, paper.paper, "reported")] = [getattr(paper, f) for f in RECIPE_FIELDS]
         columns[(paper.name, paper.paper, "this run")] = [getattr(shown, f) for f in RECIPE_FIELDS]
-        images.setdefault(paper.name, set()).add(config.get("max_train_images") or all_train_images)
+        images.setdefault(paper.name, set()).add(train_image_count(config))
     table = pd.DataFrame(columns, index=list(RECIPE_FIELDS)).astype(str)
-    table.loc["training images"] = [f"{all_train_images:,} (all)" if kind == "reported" else
-                                    " or ".join(f"{n:,}" for n in sorted(images[name]))
+    table.loc["training images"] = [f"{all_train_images:,} (all)" if kind == "reported" else _counts(images[name])
                                     for name, _, kind in table.columns]
     return table
+
+
+def _counts(counts: set[int]) -> str:
+    """"600", "97 or 299 or 600", or "504 to 599" for more than three counts."""
+    ordered = sorted(counts)
+    if len(ordered) > 3:
+        return f"{ordered[0]:,} to {ordered[-1]:,}"
+    return " or ".join(f"{n:,}" for n in ordered)
 
 
 def mean_rows(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

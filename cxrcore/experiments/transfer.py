@@ -21,7 +21,7 @@ from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_r
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
 from cxrcore.runner import Result, run
-from cxrcore.settings import Settings
+from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import read_chexpert
 from data_prep.splits import split_patients
 
@@ -64,7 +64,7 @@ def input_channels(arm: str) -> int:
 
 def train_images(architecture: Architecture, profile: str) -> int | None:
     """Training images of an arm: a few hundred whole patients in the quick profile, all (None) in the full one."""
-    return architecture.quick_images(QUICK_TARGET_IMAGES) if profile == "quick" else None
+    return architecture.quick_images(QUICK_TARGET_IMAGES) if quick_sized(profile) else None
 
 
 def arm_config(architecture: Architecture, arm: str, manifest: Path, data_root: Path, profile: str, source: dict,
@@ -75,7 +75,7 @@ def arm_config(architecture: Architecture, arm: str, manifest: Path, data_root: 
     config = {"manifest": str(manifest), "findings": TARGET_FINDINGS, "data_root": str(data_root),
               "arch": architecture.arch, "head": architecture.head, "policy": "u-ones", "seed": 0,
               "profile": profile, "max_train_images": max_train_images, "channels": input_channels(arm),
-              "overrides": {"epochs": QUICK_TARGET_EPOCHS} if profile == "quick" else {}}
+              "overrides": {"epochs": QUICK_TARGET_EPOCHS} if quick_sized(profile) else {}}
     if arm == "from scratch":
         return {**config, "weights": None, "preset": architecture.scratch_preset}
     frozen = arm == "off-the-shelf"

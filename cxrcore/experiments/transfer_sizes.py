@@ -27,7 +27,7 @@ DIFFERENCE_COLUMNS = ["difference", "difference_low", "difference_high"]
 
 def sizes(settings: Settings) -> list[int | None]:
     """Training-set sizes of the sweep; the last (None in the full profile: all) is the transfer experiment's."""
-    smaller = QUICK_SIZES if settings.profile == "quick" else FULL_SIZES
+    smaller = QUICK_SIZES if settings.is_quick_profile else FULL_SIZES
     return [*smaller, transfer.train_images(ARCHITECTURE, settings.profile)]
 
 
