@@ -16,6 +16,9 @@ age             years (float; may be empty)
 split           train | valid | test (``trainval`` only before the validation carve-out)
 <finding>       one column per finding (harmonized names, cxrcore.findings): 1, 0, -1 (uncertain) or
                 empty (not mentioned), the source's own values; policies are applied when loading
+copies          optional: how many times a training image is drawn per epoch (a whole number >= 1; 1 when
+                the column is absent), for up-sampling and paper 002's frontal repeats; validation and test
+                images are always drawn once
 ==============  =====================================================================================
 
 The readers of the real on-disk layouts that produce manifests are in data_prep.manifests.
@@ -39,6 +42,7 @@ SEXES = ("M", "F", "U")
 FINAL_SPLITS = ("train", "valid", "test")
 RAW_SPLITS = ("trainval", "test")  # what the readers give before the validation carve-out
 TEXT_COLUMNS = ["path", "site", "patient_id", "study_id", "view", "projection", "sex", "split"]
+COPIES = "copies"  # the optional column: times a training image is drawn per epoch
 
 
 def require_columns(table: pd.DataFrame, columns: Sequence[str], source: str | Path) -> None:
@@ -68,7 +72,28 @@ def assert_patient_disjoint(df: pd.DataFrame, split_col: str = "split") -> None:
 # ------------------------------------------------------------------------------------------ validation
 def finding_columns(df: pd.DataFrame) -> list[str]:
     """The finding columns of a manifest, in table order."""
-    return [c for c in df.columns if c not in REQUIRED_COLUMNS]
+    return [c for c in df.columns if c not in REQUIRED_COLUMNS and c != COPIES]
+
+
+def copies(df: pd.DataFrame) -> pd.Series:
+    """How many times each row is drawn per epoch: the `copies` column, or 1 for every row without it."""
+    return df[COPIES].astype(int) if COPIES in df.columns else pd.Series(1, index=df.index)
+
+
+def _check_copies(df: pd.DataFrame) -> None:
+    """`copies` holds whole numbers >= 1, and only training rows are drawn more than once."""
+    values = pd.to_numeric(df[COPIES], errors="coerce")
+    bad = values.isna() | (values < 1) | (values % 1 != 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"manifest column 'copies': {df[COPIES].iloc[i]!r} at row {i} ({df['path'].iloc[i]}) is "
+                         "not a whole number >= 1")
+    repeated = (values > 1) & (df["split"] != "train")
+    if repeated.any():
+        i = int(np.flatnonzero(repeated.to_numpy())[0])
+        raise ValueError(f"manifest: copies={int(values.iloc[i])} at row {i} ({df['path'].iloc[i]}) in split "
+                         f"{df['split'].iloc[i]!r}: only training images may be drawn more than once (validation and "
+                         "test images are scored once each)")
 
 
 def _check_allowed(df: pd.DataFrame, column: str, allowed: Sequence[str]) -> None:
@@ -100,6 +125,8 @@ def validate_manifest(df: pd.DataFrame, splits: Sequence[str] = FINAL_SPLITS) ->
     if bad_age.any():
         i = int(np.flatnonzero(bad_age.to_numpy())[0])
         raise ValueError(f"manifest: age {df['age'].iloc[i]!r} at row {i} ({df['path'].iloc[i]}) is not a number >= 0")
+    if COPIES in df.columns:
+        _check_copies(df)
     duplicated = df["path"].duplicated(keep=False)
     if duplicated.any():
         rows = np.flatnonzero(duplicated.to_numpy())

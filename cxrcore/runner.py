@@ -39,7 +39,7 @@ import cxrcore
 from cxrcore.atomic import atomic_write
 from cxrcore.features import HeadOnly, feature_loaders
 from cxrcore.findings import ALL_FINDINGS, NIH_TO_HARMONIZED, resolve_policy
-from cxrcore.manifest import FINAL_SPLITS, VIEWS, load_manifest
+from cxrcore.manifest import FINAL_SPLITS, VIEWS, copies, load_manifest
 from cxrcore.metrics import auroc_per_class, score_column
 from cxrcore.models import ARCHS, HEADS, build_model, load_model, save_model
 from cxrcore.presets import (
@@ -423,12 +423,13 @@ def run_key(config: dict | RunConfig, *, runs_dir: str | Path | None = None) -> 
 
 
 def _limit_patients(rows: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
-    """Whole patients in a seeded random order, up to max_images images."""
-    if max_images is None or len(rows) <= max_images:
+    """Whole patients in a seeded random order, up to max_images images (each counted as often as it is drawn)."""
+    drawn = copies(rows)
+    if max_images is None or drawn.sum() <= max_images:
         return rows
     patients = rows["patient_id"].unique()
     order = np.random.default_rng(seed).permutation(len(patients))
-    per_patient = rows.groupby("patient_id").size()
+    per_patient = drawn.groupby(rows["patient_id"]).sum()
     cumulative = per_patient.loc[patients[order]].cumsum()
     keep = set(cumulative.index[cumulative <= max_images])
     return rows[rows["patient_id"].isin(keep)]
@@ -449,13 +450,16 @@ def _train_share(config: RunConfig) -> float:
 
 def _split_rows(manifest: pd.DataFrame, split: str, views: list[str] | None, limit: int | None, seed: int,
                 source: str, share: float = 1.0) -> pd.DataFrame:
-    """A split's rows (in the views asked for), whole patients up to `limit` images, then `share` of those."""
+    """A split's rows (in the views asked for), whole patients up to `limit` images, then `share` of those; a row
+    with `copies` > 1 (training only: the manifest's rule) appears that many times."""
     rows = manifest[manifest["split"] == split]
     if views is not None:
         rows = rows[rows["view"].isin(views)]
     if share < 1.0:  # the smoke profile: a share of what the quick profile would train on
-        limit = max(1, round(min(limit or len(rows), len(rows)) * share))
-    rows = _limit_patients(rows, limit, seed).reset_index(drop=True)
+        total = int(copies(rows).sum())
+        limit = max(1, round(min(limit or total, total) * share))
+    rows = _limit_patients(rows, limit, seed)
+    rows = rows.loc[rows.index.repeat(copies(rows))].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{source}: no images in split {split!r}" + (f" with views {views}" if views else ""))
     return rows

@@ -74,13 +74,16 @@ def kfold_patient_resampling(
     return pd.DataFrame(folds, index=df.index)
 
 
-VIEW_ARMS = ("frontal+lateral", "frontal, same count", "frontal, fewer")  # paper 002 §5.2.1
+VIEW_ARMS = ("frontal+lateral", "frontal, repeated", "frontal, same count", "frontal, fewer")  # paper 002 §5.2.1
 
 
 def view_arms(table: pd.DataFrame, n_images: int, seed: int) -> dict[str, pd.DataFrame]:
     """Paper 002's lateral-view training sets from one manifest's train split, whole patients in one seeded order:
 
     - "frontal+lateral": every view of the first patients, up to n_images images;
+    - "frontal, repeated": paper 002's own substitution: the same patients, each lateral image replaced by one of
+      the same patient's frontal images drawn at random (a repeat, in the manifest's `copies` column); a patient
+      with laterals but no frontal image keeps none of them, so the count can be a little lower;
     - "frontal, same count": frontal images only, patients in the same order, up to as many images (the laterals
       replaced by the frontal images of further patients; whole patients, so a few fewer at most);
     - "frontal, fewer": the frontal images of the "frontal+lateral" patients.
@@ -102,6 +105,24 @@ def view_arms(table: pd.DataFrame, n_images: int, seed: int) -> dict[str, pd.Dat
         return rows.index[rows["patient_id"].astype(str).isin(keep)]
 
     both = first_patients(train, n_images)
-    chosen = {"frontal+lateral": both, "frontal, same count": first_patients(frontal, len(both)),
-              "frontal, fewer": frontal.index.intersection(both)}
-    return {name: table.drop(index=train.index.difference(rows)) for name, rows in chosen.items()}
+    fewer = frontal.index.intersection(both)
+    chosen = {"frontal+lateral": both, "frontal, repeated": fewer,
+              "frontal, same count": first_patients(frontal, len(both)), "frontal, fewer": fewer}
+    arms = {name: table.drop(index=train.index.difference(rows)) for name, rows in chosen.items()}
+    repeats = _substitute_laterals(train.loc[both], np.random.default_rng(seed))
+    arms["frontal, repeated"] = arms["frontal, repeated"].assign(
+        copies=repeats.reindex(arms["frontal, repeated"].index, fill_value=1))
+    return {name: arms[name] for name in VIEW_ARMS}
+
+
+def _substitute_laterals(train: pd.DataFrame, rng: np.random.Generator) -> pd.Series:
+    """Copies of each frontal training image when each patient's lateral images are replaced by frontal images of
+    the same patient drawn at random with replacement (paper 002 section 5.2.1)."""
+    counts = pd.Series(1, index=train.index[train["view"] == "frontal"])
+    for _, rows in train.groupby(train["patient_id"].astype(str), sort=True):
+        frontal = rows.index[rows["view"] == "frontal"]
+        laterals = int((rows["view"] == "lateral").sum())
+        if laterals and len(frontal):
+            drawn = rng.choice(len(frontal), size=laterals, replace=True)
+            counts = counts.add(pd.Series(1, index=frontal[drawn]).groupby(level=0).sum(), fill_value=0)
+    return counts.astype(int)

@@ -11,7 +11,15 @@ from layouts import CheXpertTree, NIHTree
 
 from cxrcore.cli import dispatch
 from cxrcore.findings import CHEXPERT_FINDINGS, HOSPITAL_FINDINGS, NIH_FINDINGS, harmonize
-from cxrcore.manifest import RAW_SPLITS, assert_patient_disjoint, load_manifest, validate_manifest, write_manifest
+from cxrcore.manifest import (
+    RAW_SPLITS,
+    assert_patient_disjoint,
+    copies,
+    finding_columns,
+    load_manifest,
+    validate_manifest,
+    write_manifest,
+)
 from data_prep.__main__ import COMMANDS
 from data_prep.manifests import assign_splits, check_files, read_chexpert, read_hospital, read_nih
 
@@ -122,6 +130,27 @@ def test_validate_manifest_errors(manifest: pd.DataFrame) -> None:
         validate_manifest(bad_label)
     with pytest.raises(ValueError, match="'trainval' at row"):
         validate_manifest(read_chexpert_unsplit(manifest))
+
+
+def test_copies_are_whole_numbers_and_only_training_images_repeat(manifest: pd.DataFrame, tmp_path: Path) -> None:
+    train = manifest.index[manifest["split"] == "train"]
+    repeated = manifest.assign(copies=1)
+    repeated.loc[train[0], "copies"] = 3
+    assert copies(validate_manifest(repeated)).sum() == len(manifest) + 2
+    assert finding_columns(repeated) == finding_columns(manifest)  # copies is not a finding
+    assert (copies(manifest) == 1).all()  # no column: every image once
+    loaded = load_manifest(write_manifest(repeated, tmp_path / "repeated.csv"))
+    assert loaded["copies"].tolist() == repeated["copies"].tolist()
+    for value in (0, 1.5, "two"):
+        bad = repeated.astype({"copies": object})
+        bad.loc[train[1], "copies"] = value
+        with pytest.raises(ValueError, match=f"'copies': {value!r} at row {train[1]} .* whole number >= 1"):
+            validate_manifest(bad)
+    test_row = manifest.index[manifest["split"] != "train"][0]
+    scored_twice = manifest.assign(copies=1)
+    scored_twice.loc[test_row, "copies"] = 2
+    with pytest.raises(ValueError, match=f"copies=2 at row {test_row} .* only training images"):
+        validate_manifest(scored_twice)
 
 
 def read_chexpert_unsplit(manifest: pd.DataFrame) -> pd.DataFrame:

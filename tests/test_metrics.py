@@ -228,3 +228,22 @@ def test_bootstrap_mean_difference_is_paired():
     assert result["high"] - result["low"] < own["high"] - own["low"]  # pairing cancels the shared noise
     same = metrics.bootstrap_mean_difference(labels, score_a, score_a, groups, n_boot=50)
     assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
+
+
+def test_averaged_f1_matches_counts_by_hand():
+    """Four images, two findings; image 3 misses its B: micro P 3/3, R 3/4; subset accuracy 3/4."""
+    truth = pd.DataFrame({"A": [1, 0, 1, 0], "B": [0, 1, 1, 0]})
+    scores = np.array([[0.9, 0.2], [0.4, 0.7], [0.6, 0.3], [0.1, 0.1]])
+    table = metrics.averaged_f1(truth, scores, 0.5)
+    assert list(table.index) == [*metrics.AVERAGES, "subset accuracy"]
+    assert table.loc["micro", ["precision", "recall"]].tolist() == [1.0, 0.75]
+    assert table.loc["micro", "f1"] == pytest.approx(2 * 0.75 / 1.75)
+    assert table.loc["macro", "f1"] == pytest.approx((1.0 + 2 / 3) / 2)  # A: F1 1; B: P 1, R 1/2
+    assert table.loc["weighted", "f1"] == pytest.approx((2 * 1.0 + 2 * 2 / 3) / 4)  # supports 2 and 2
+    assert table.loc["subset accuracy", "f1"] == 0.75
+    lower_b = metrics.averaged_f1(truth, scores, {"A": 0.5, "B": 0.25})  # per-class cuts: image 3's B found
+    assert lower_b.loc["subset accuracy", "f1"] == 1.0 and lower_b.loc["micro", "f1"] == 1.0
+    with pytest.raises(ValueError, match=r"missing labels for \['B'\]"):
+        metrics.averaged_f1(truth.assign(B=[0, 1, np.nan, 0]), scores)
+    with pytest.raises(ValueError, match=r"no threshold given for \['B'\]"):
+        metrics.averaged_f1(truth, scores, {"A": 0.5})

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxrcore import make_settings
 from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, explore, localisation, paper002, source_models
-from cxrcore.manifest import load_manifest
+from cxrcore.manifest import copies, load_manifest
 from cxrcore.metrics import score_column
 from cxrcore.runner import Result, predict_split, run, run_key
 from data_prep.splits import VIEW_ARMS
@@ -64,7 +64,11 @@ def test_view_manifests_share_validation_and_the_radiologists_test_set(sites: Pa
     assert set(train["frontal, same count"]["view"]) == set(train["frontal, fewer"]["view"]) == {"frontal"}
     assert len(train["frontal, fewer"]) < len(train["frontal+lateral"])
     assert len(train["frontal, same count"]) <= len(train["frontal+lateral"])
-    held_out = [t[t["split"] != "train"].reset_index(drop=True) for t in tables.values()]
+    repeated = train["frontal, repeated"]  # paper 002's substitution: the same patients' frontal images, repeated
+    assert set(repeated["view"]) == {"frontal"} and set(repeated["path"]) == set(train["frontal, fewer"]["path"])
+    assert len(repeated) < copies(repeated).sum() <= len(train["frontal+lateral"])
+    held_out = [t[t["split"] != "train"].drop(columns="copies", errors="ignore").reset_index(drop=True)
+                for t in tables.values()]
     for other in held_out[1:]:
         pd.testing.assert_frame_equal(held_out[0], other)
     test = held_out[0][held_out[0]["split"] == "test"]

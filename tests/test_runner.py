@@ -14,7 +14,15 @@ from cxrcore.cli import dispatch
 from cxrcore.metrics import score_column
 from cxrcore.models import build_model
 from cxrcore.presets import SMOKE_MAX_EPOCHS, SMOKE_TRAIN_SHARE
-from cxrcore.runner import RunConfig, evaluation_dataset, predict_split, resolved_preset, run, run_key
+from cxrcore.runner import (
+    RunConfig,
+    evaluation_dataset,
+    predict_split,
+    resolved_preset,
+    run,
+    run_key,
+    train_image_count,
+)
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion"]
 COMMANDS = {"train": ("cxrcore.runner", "train")}
@@ -121,6 +129,18 @@ def test_smoke_profile_cuts_the_quick_runs_images_and_epochs(site, tmp_path):
     assert result.metrics["images"]["test"] == 6 and len(result.history) == SMOKE_MAX_EPOCHS  # test set as quick
     assert run_key(_config(root, manifest, profile="smoke"), runs_dir=tmp_path) != run_key(
         _config(root, manifest), runs_dir=tmp_path)
+
+
+def test_copies_repeat_training_images_only(site, tmp_path):
+    root, manifest = site
+    table = pd.read_csv(manifest, dtype=str)
+    table["copies"] = [3 if i == 0 else 1 for i in range(len(table))]  # row 0 is a training image
+    repeated = tmp_path / "repeated.csv"
+    table.to_csv(repeated, index=False)
+    config = _config(root, repeated, overrides={"image_size": 32, "epochs": 1, "batch_size": 4})
+    assert train_image_count(config) == 14 and train_image_count({**config, "max_train_images": 13}) <= 13
+    result = run(config, runs_dir=tmp_path / "runs")
+    assert result.metrics["images"] == {"train": 14, "valid": 6, "test": 6}  # 12 training images, one drawn 3 times
 
 
 def test_bad_configs_fail_clearly(site, tmp_path):

@@ -85,7 +85,7 @@ def test_kfold_patient_resampling(nih: pd.DataFrame) -> None:
     assert not np.array_equal(folds.to_numpy(), kfold_patient_resampling(nih, 5, (0.7, 0.1, 0.2), 1).to_numpy())
 
 
-def test_view_arms_replace_laterals_with_frontals_of_further_patients() -> None:
+def test_view_arms_replace_laterals_with_frontals_of_further_patients_or_repeats() -> None:
     """Paper 002's arms on real CheXpert rows: the same patient order, whole patients, valid and test untouched."""
     real = chexpert_raw("all")
     table = real[real["patient_id"].isin(real["patient_id"].unique()[:400])].reset_index(drop=True)
@@ -93,16 +93,23 @@ def test_view_arms_replace_laterals_with_frontals_of_further_patients() -> None:
     arms = view_arms(table, n_images=300, seed=0)
     assert list(arms) == list(VIEW_ARMS)
     train = {name: arm[arm["split"] == "train"] for name, arm in arms.items()}
-    both, same, fewer = (train[name] for name in VIEW_ARMS)
+    both, repeated, same, fewer = (train[name] for name in VIEW_ARMS)
     most_per_patient = table.groupby("patient_id").size().max()
     assert len(both) <= 300 and (both["view"] == "lateral").any()
     assert set(same["view"]) == set(fewer["view"]) == {"frontal"}
     assert len(both) - most_per_patient < len(same) <= len(both)  # as many images, up to one patient
     assert set(fewer.index) == set(both.index[both["view"] == "frontal"]) and len(fewer) < len(both)
     assert set(both["patient_id"]) < set(same["patient_id"])  # the same first patients, then further ones
+    # paper 002's substitution: the same patients' frontal images, each lateral replaced by a repeat of one of them
+    assert set(repeated.index) == set(fewer.index) and repeated["copies"].min() == 1
+    drawn = repeated.groupby("patient_id")["copies"].sum()
+    has_frontal = both.groupby("patient_id")["view"].apply(lambda v: (v == "frontal").any())
+    assert drawn.to_dict() == both.groupby("patient_id").size()[has_frontal].to_dict()
+    assert (arms["frontal, repeated"].loc[arms["frontal, repeated"]["split"] != "train", "copies"] == 1).all()
     for arm in arms.values():
         assert_patient_disjoint(arm)
-        pd.testing.assert_frame_equal(arm[arm["split"] != "train"], table[table["split"] != "train"])
+        pd.testing.assert_frame_equal(arm[arm["split"] != "train"].drop(columns="copies", errors="ignore"),
+                                      table[table["split"] != "train"])
     assert view_arms(table, 300, seed=0)["frontal, same count"].equals(arms["frontal, same count"])
     with pytest.raises(ValueError, match="no lateral images"):
         view_arms(table[table["view"] == "frontal"], 300, seed=0)

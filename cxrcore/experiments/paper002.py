@@ -7,8 +7,8 @@
 * sections, each a set of variants with the other two knobs at the baseline (every view, ImageNet statistics,
   U-Ones); the baseline is one run shared by the three sections:
 
-  - views (paper 002 section 5.2.1): frontal+lateral | frontal, same count | frontal, fewer
-    (`data_prep.splits.view_arms`);
+  - views (paper 002 section 5.2.1): frontal+lateral | frontal, repeated (paper 002's substitution) | frontal,
+    same count (further patients) | frontal, fewer (`data_prep.splits.view_arms`);
   - normalization: ImageNet mean/std | the training images' own statistics | none;
   - uncertainty: U-Ignore | U-Zeros | U-Ones | U-MultiClass (a 3-class softmax head, paper 002's weighted loss).
 """
