@@ -306,6 +306,22 @@ def gradcam(
     return stacked[:, 0] if single else stacked
 
 
+def top_class_gradcam(
+    model: nn.Module, x: torch.Tensor, method: str = "gradcam", target_layer: nn.Module | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's map for its own highest-scoring finding (paper 003's figures): maps (B, H, W) and the finding
+    indices (B,). The score is the logit, or positive minus negative for a (K, 3) head (FindingTarget's)."""
+    was_training = model.training
+    with torch.no_grad():
+        output = model.eval()(x)  # (B, K) or (B, K, 3)
+    model.train(was_training)
+    scores = output if output.ndim == 2 else output[..., 1] - output[..., 0]  # (B, K)
+    top = scores.argmax(dim=1).cpu().numpy()
+    maps = [gradcam(model, x[i : i + 1], int(k), method=method, target_layer=target_layer)[0]
+            for i, k in enumerate(top)]
+    return np.stack(maps).astype(np.float32), top
+
+
 def _image_to_rgb01(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """Any grey or RGB image, channels first or last, any range -> (H, W, 3) float32 in [0, 1]."""
     img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)

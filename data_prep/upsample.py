@@ -5,12 +5,14 @@ the patient-wise split: a repeated image never reaches validation or test, and n
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrcore.manifest import COPIES, copies, require_columns
+from data_prep.splits import split_patients
 
 
 def upsample_rare(table: pd.DataFrame, findings: Sequence[str], share: float, max_copies: int = 8) -> pd.DataFrame:
@@ -47,3 +49,44 @@ def positives_drawn(table: pd.DataFrame, findings: Sequence[str]) -> pd.DataFram
     positive = train[list(findings)] == 1
     return pd.DataFrame({"positive images": positive.sum(),
                          "positive draws": positive.mul(copies(train), axis=0).sum()}).rename_axis("finding")
+
+
+def leaky_upsample_then_split(table: pd.DataFrame, findings: Sequence[str], share: float,
+                              fractions: Mapping[str, float], seed: int, data_root: Path, link_root: Path,
+                              max_copies: int = 8) -> pd.DataFrame:
+    """WRONG ON PURPOSE: paper 003's published protocol, kept so that the book can measure its leak.
+
+    1. Up-sample every image before any split (`upsample_rare` over the whole table);
+    2. split the copies *by image*, each copy on its own, into `fractions`.
+
+    Copies of one image then sit in training and in test, and one patient's images on both sides: the test set
+    scores images the model has trained on. The correct protocol splits patient-wise first, then up-samples the
+    training split only (`split_patients`, then `upsample_rare`). The manifest it returns records each copy as its
+    own file, a symbolic link under `link_root` to the original under `data_root` (`link_root` is the run's data
+    root), and its own "patient": the only way it passes the manifest's checks, and exactly the mistake, since it
+    treats every image as independent."""
+    up = upsample_rare(table.assign(split="train"), findings, share, max_copies)
+    expanded = up.loc[up.index.repeat(copies(up))].drop(columns=COPIES)
+    copy_number = expanded.groupby(level=0).cumcount().to_numpy()
+    original = expanded["path"].to_numpy()
+    paths = [f"leaky/copy{k}/{path}" for k, path in zip(copy_number, original, strict=True)]
+    expanded = expanded.reset_index(drop=True).assign(path=paths, patient_id=paths, study_id=paths)
+    expanded["split"] = split_patients(expanded, fractions, seed)  # every copy is its own "patient": by image
+    for path, source in zip(paths, original, strict=True):
+        _link(Path(data_root) / source, Path(link_root) / path)
+    return expanded
+
+
+def _link(source: Path, link: Path) -> None:
+    """A symbolic link at `link` to `source` (absolute), replacing a link that points elsewhere; never a file."""
+    source = source.resolve()
+    if not source.is_file():
+        raise FileNotFoundError(f"leaky protocol: image {source} not found under the data root")
+    if link.is_symlink() and link.resolve() == source:
+        return
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"leaky protocol: {link} exists and is not a link of ours; remove it or pick another "
+                              "link root")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(source)

@@ -97,6 +97,16 @@ def test_maps_point_at_the_square_of_their_finding(trained, method):
         assert np.nanmean(own) > 2 * np.nanmean(other)
 
 
+def test_top_class_gradcam_maps_each_images_highest_finding(trained):
+    model, x, _ = trained
+    maps, top = cam.top_class_gradcam(model, x[:6])
+    with torch.no_grad():
+        assert top.tolist() == model(x[:6]).argmax(dim=1).tolist()
+    assert maps.shape == (6, SIZE, SIZE)
+    for i, k in enumerate(top):  # the same map as asking for that finding directly
+        np.testing.assert_allclose(maps[i], cam.gradcam(model, x[i : i + 1], int(k))[0], atol=1e-6)
+
+
 def test_single_class_index_gives_one_map_per_image(trained):
     model, x, _ = trained
     one = cam.gradcam(model, x[:3], 1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from layouts import write_chexpert
 
-from cxrcore.manifest import assert_patient_disjoint, copies
+from cxrcore.manifest import assert_patient_disjoint, copies, validate_manifest
+from data_prep.manifests import read_chexpert
 from data_prep.splits import split_patients
 from data_prep.stats import chexpert_raw
-from data_prep.upsample import positives_drawn, upsample_rare
+from data_prep.upsample import leaky_upsample_then_split, positives_drawn, upsample_rare
 
 FINDINGS = ["Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia", "Pleural Other", "Fracture"]
 
@@ -50,3 +52,28 @@ def test_bad_arguments_are_named(table: pd.DataFrame) -> None:
         upsample_rare(table, ["Effusion"], share=0.5)
     with pytest.raises(ValueError, match="no positive training image"):
         upsample_rare(table.assign(**{f: 0.0 for f in FINDINGS}), FINDINGS, share=0.5)
+
+
+def test_the_leaky_protocol_puts_copies_of_one_image_on_both_sides(tmp_path) -> None:
+    """Paper 003's protocol on a real-layout CheXpert tree: it passes the manifest's checks, and it leaks."""
+    tree = write_chexpert(tmp_path / "data", n_train_patients=40, n_valid_patients=3)
+    table = read_chexpert(tree.root)
+    table = table[table["split"] == "trainval"]
+    leaky = leaky_upsample_then_split(table, FINDINGS, 0.5, {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0,
+                                      data_root=tree.root, link_root=tmp_path / "links")
+    validate_manifest(leaky)  # each copy passes as its own file and "patient": the checks cannot see the leak
+    original = leaky["path"].str.replace(r"^leaky/copy\d+/", "", regex=True)
+    assert len(leaky) == copies(upsample_rare(table.assign(split="train"), FINDINGS, 0.5)).sum()
+    splits_per_image = leaky.groupby(original)["split"].agg(set)
+    assert any({"train", "test"} <= s for s in splits_per_image)  # a test image the model also trains on
+    patient = original.str.extract(r"(patient\d+)")[0]
+    assert (leaky.groupby(patient)["split"].nunique() > 1).any()  # and patients on both sides
+    for path, source in zip(leaky["path"], original, strict=True):
+        assert (tmp_path / "links" / path).resolve() == (tree.root / source).resolve()
+    again = leaky_upsample_then_split(table, FINDINGS, 0.5, {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0,
+                                      data_root=tree.root, link_root=tmp_path / "links")
+    assert again.equals(leaky)  # the same links are reused
+    correct = upsample_rare(table.assign(split=split_patients(table, {"train": 0.8, "valid": 0.1, "test": 0.1},
+                                                              seed=0)), FINDINGS, 0.5)
+    assert_patient_disjoint(correct)  # the correct protocol: patients split first, only training images repeated
+    assert (copies(correct[correct["split"] != "train"]) == 1).all() and copies(correct).max() > 1
