@@ -422,7 +422,7 @@ def run_key(config: dict | RunConfig, *, runs_dir: str | Path | None = None) -> 
 # ---------------------------------------------------------------- data
 
 
-def _limit_patients(rows: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
+def limit_patients(rows: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
     """Whole patients in a seeded random order, up to max_images images (each counted as often as it is drawn)."""
     drawn = copies(rows)
     if max_images is None or drawn.sum() <= max_images:
@@ -458,7 +458,7 @@ def _split_rows(manifest: pd.DataFrame, split: str, views: list[str] | None, lim
     if share < 1.0:  # the smoke profile: a share of what the quick profile would train on
         total = int(copies(rows).sum())
         limit = max(1, round(min(limit or total, total) * share))
-    rows = _limit_patients(rows, limit, seed)
+    rows = limit_patients(rows, limit, seed)
     rows = rows.loc[rows.index.repeat(copies(rows))].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{source}: no images in split {split!r}" + (f" with views {views}" if views else ""))

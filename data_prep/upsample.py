@@ -64,7 +64,8 @@ def leaky_upsample_then_split(table: pd.DataFrame, findings: Sequence[str], shar
     training split only (`split_patients`, then `upsample_rare`). The manifest it returns records each copy as its
     own file, a symbolic link under `link_root` to the original under `data_root` (`link_root` is the run's data
     root), and its own "patient": the only way it passes the manifest's checks, and exactly the mistake, since it
-    treats every image as independent."""
+    treats every image as independent. `link_root` also links each top-level folder of `data_root`, so that the
+    run's data root still holds the site's other images (its radiologist-labelled test set, say)."""
     up = upsample_rare(table.assign(split="train"), findings, share, max_copies)
     expanded = up.loc[up.index.repeat(copies(up))].drop(columns=COPIES)
     copy_number = expanded.groupby(level=0).cumcount().to_numpy()
@@ -74,14 +75,17 @@ def leaky_upsample_then_split(table: pd.DataFrame, findings: Sequence[str], shar
     expanded["split"] = split_patients(expanded, fractions, seed)  # every copy is its own "patient": by image
     for path, source in zip(paths, original, strict=True):
         _link(Path(data_root) / source, Path(link_root) / path)
+    for entry in Path(data_root).iterdir():
+        if entry.is_dir() and entry.name != "leaky":
+            _link(entry, Path(link_root) / entry.name)
     return expanded
 
 
 def _link(source: Path, link: Path) -> None:
     """A symbolic link at `link` to `source` (absolute), replacing a link that points elsewhere; never a file."""
     source = source.resolve()
-    if not source.is_file():
-        raise FileNotFoundError(f"leaky protocol: image {source} not found under the data root")
+    if not source.exists():
+        raise FileNotFoundError(f"leaky protocol: {source} not found under the data root")
     if link.is_symlink() and link.resolve() == source:
         return
     if link.exists() and not link.is_symlink():

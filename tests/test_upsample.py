@@ -70,6 +70,8 @@ def test_the_leaky_protocol_puts_copies_of_one_image_on_both_sides(tmp_path) -> 
     assert (leaky.groupby(patient)["split"].nunique() > 1).any()  # and patients on both sides
     for path, source in zip(leaky["path"], original, strict=True):
         assert (tmp_path / "links" / path).resolve() == (tree.root / source).resolve()
+    valid = read_chexpert(tmp_path / "links")  # the site's own folders are linked too: its test set still reads
+    assert (valid["split"] == "test").any() and (tmp_path / "links" / valid["path"].iloc[-1]).is_file()
     again = leaky_upsample_then_split(table, FINDINGS, 0.5, {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0,
                                       data_root=tree.root, link_root=tmp_path / "links")
     assert again.equals(leaky)  # the same links are reused

@@ -24,9 +24,10 @@ EXPERIMENTS = {  # in the order `experiment all` starts them: the longest runs f
     "transfer-sizes": "cxrcore.experiments.transfer_sizes",
     "leakage": "cxrcore.experiments.leakage",
     "paper002": "cxrcore.experiments.paper002",
+    "paper003": "cxrcore.experiments.paper003",
 }
 # what `experiment all` trains: the experiments the book's chapters read
-BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002")
+BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002", "paper003")
 
 
 def experiment(name: str) -> ModuleType:
