@@ -75,6 +75,13 @@ def test_the_leaky_protocol_puts_copies_of_one_image_on_both_sides(tmp_path) -> 
     again = leaky_upsample_then_split(table, FINDINGS, 0.5, {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0,
                                       data_root=tree.root, link_root=tmp_path / "links")
     assert again.equals(leaky)  # the same links are reused
+    users_file = tmp_path / "other" / leaky["path"].iloc[0]
+    users_file.parent.mkdir(parents=True)
+    users_file.write_text("not ours")
+    with pytest.raises(FileExistsError, match="is not a link of ours"):
+        leaky_upsample_then_split(table, FINDINGS, 0.5, {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0,
+                                  data_root=tree.root, link_root=tmp_path / "other")
+    assert users_file.read_text() == "not ours"
     correct = upsample_rare(table.assign(split=split_patients(table, {"train": 0.8, "valid": 0.1, "test": 0.1},
                                                               seed=0)), FINDINGS, 0.5)
     assert_patient_disjoint(correct)  # the correct protocol: patients split first, only training images repeated
