@@ -35,7 +35,7 @@ EXTRAS      ?= book,test
 CXR_PROFILE   ?= quick
 # `make test` executes every chapter in the smoke profile: the quick profile's runs, each on a quarter of its training
 # images for at most two epochs, so the test suite checks every chapter end to end in minutes while `make book`
-# trains the quick book (~40 min on two cores); TEST_PROFILE=quick tests the quick book itself
+# trains the quick book (~55 min on two cores); TEST_PROFILE=quick tests the quick book itself
 TEST_PROFILE  ?= smoke
 CXR_DATA_ROOT ?= $(CURDIR)/data/demo
 CXR_RUNS_DIR  ?= $(CURDIR)/runs

@@ -198,7 +198,7 @@ def parameter_counts() -> pd.DataFrame:
 
 def seen_in_training(leaky: Result, manifest: Path) -> dict[str, float]:
     """Of the leaky run's test images: the share that are copies of an image it trained on, and the share whose
-    patient it trained on (another image of theirs, or the same one)."""
+    patient it trained on (another image of theirs, or the same one); and how many distinct images it trained on."""
     table = load_manifest(manifest)
     original = table["path"].str.replace(r"^leaky/copy\d+/", "", regex=True)
     patient = original.str.extract(r"(patient\d+)")[0]
@@ -206,7 +206,7 @@ def seen_in_training(leaky: Result, manifest: Path) -> dict[str, float]:
     trained_images = set(original[table["path"].isin(trained_paths)])
     trained_patients = set(patient[table["path"].isin(trained_paths)])
     test = table["split"] == "test"
-    return {"test images": int(test.sum()),
+    return {"test images": int(test.sum()), "distinct images trained on": len(trained_images),
             "copies of a trained image": float(original[test].isin(trained_images).mean()),
             "of a trained patient": float(patient[test].isin(trained_patients).mean())}
 
