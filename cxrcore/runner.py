@@ -435,12 +435,17 @@ def limit_patients(rows: pd.DataFrame, max_images: int | None, seed: int) -> pd.
     return rows[rows["patient_id"].isin(keep)]
 
 
-def train_image_count(config: dict | RunConfig) -> int:
-    """How many training images a run config trains on: its manifest's split and views, whole patients up to its
-    image cap, and its profile's share (without loading an image)."""
+def training_rows(config: dict | RunConfig) -> pd.DataFrame:
+    """The manifest rows a run config trains on, a row drawn k times appearing k times: its manifest's split and
+    views, whole patients up to its image cap, and its profile's share (without loading an image)."""
     config = RunConfig.from_dict(config)
-    return len(_split_rows(load_manifest(config.manifest), config.train_split, config.views, config.max_train_images,
-                           config.seed, config.manifest, _train_share(config)))
+    return _split_rows(load_manifest(config.manifest), config.train_split, config.views, config.max_train_images,
+                       config.seed, config.manifest, _train_share(config))
+
+
+def train_image_count(config: dict | RunConfig) -> int:
+    """How many training images a run config trains on (`training_rows`, counted)."""
+    return len(training_rows(config))
 
 
 def _train_share(config: RunConfig) -> float:

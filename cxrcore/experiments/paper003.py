@@ -37,7 +37,7 @@ from cxrcore.findings import CHEXPERT_FINDINGS
 from cxrcore.manifest import copies, load_manifest, write_derived_manifest
 from cxrcore.metrics import averaged_f1, precision_recall_f1, score_column, thresholds
 from cxrcore.models import build_model
-from cxrcore.runner import Result, limit_patients, predict_split, run
+from cxrcore.runner import Result, limit_patients, predict_split, run, training_rows
 from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import read_chexpert
 from data_prep.synth.plan import CHEXPERT_SIGNS
@@ -202,20 +202,13 @@ def seen_in_training(leaky: Result, manifest: Path) -> dict[str, float]:
     table = load_manifest(manifest)
     original = table["path"].str.replace(r"^leaky/copy\d+/", "", regex=True)
     patient = original.str.extract(r"(patient\d+)")[0]
-    trained_paths = set(leaky_training_paths(leaky, table))
+    trained_paths = set(training_rows(leaky.config["run"])["path"])
     trained_images = set(original[table["path"].isin(trained_paths)])
     trained_patients = set(patient[table["path"].isin(trained_paths)])
     test = table["split"] == "test"
     return {"test images": int(test.sum()), "distinct images trained on": len(trained_images),
             "copies of a trained image": float(original[test].isin(trained_images).mean()),
             "of a trained patient": float(patient[test].isin(trained_patients).mean())}
-
-
-def leaky_training_paths(result: Result, table: pd.DataFrame) -> list[str]:
-    """The copies a leaky run trained on: the manifest's training rows cut as the runner cuts them."""
-    train = table[table["split"] == "train"]
-    limit = result.config["run"].get("max_train_images")
-    return limit_patients(train, limit, int(result.config["run"]["seed"]))["path"].tolist()
 
 
 def leak_table(settings: Settings, finished: Mapping[tuple[str, str], Result] | None = None) -> pd.DataFrame:
