@@ -225,6 +225,19 @@ def correlation_heatmap(matrix: pd.DataFrame, ax: Axes | None = None, *, title: 
     return ax
 
 
+def site_matrix(means: pd.DataFrame, ax: Axes | None = None, *, title: str,
+                colorbar_label: str = "mean test AUROC") -> Axes:
+    """Annotated heatmap of a model x test-site table of mean AUROCs (rows: models, columns: sites)."""
+    ax = _axes(ax, (1.6 * means.shape[1] + 3.5, 0.5 * len(means) + 1.5))
+    sns.heatmap(means.astype(float), ax=ax, cmap="viridis", annot=True, fmt=".3f", annot_kws={"fontsize": 8},
+                cbar_kws={"label": colorbar_label})
+    ax.set_title(title)
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("model")
+    ax.tick_params(labelsize=8)
+    return ax
+
+
 def size_sweep(table: pd.DataFrame, axes: Sequence[Axes], *, title: str = "Training-set size") -> Sequence[Axes]:
     """Two panels from a transfer-sizes table: each arm's mean test AUROC with its interval against the training
     images, and the pretrained-minus-scratch difference with its paired interval (zero line = no difference)."""

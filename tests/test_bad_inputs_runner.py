@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from layouts import write_chexpert, write_nih
+from layouts import write_chexpert, write_hospital, write_nih
 
 from cxrcore import make_settings
 from cxrcore.__main__ import COMMANDS
@@ -34,10 +34,12 @@ TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(DATA_ROOT with a CheXpert and a ChestX-ray14 tree of real rows, the transfer chapter's CheXpert manifest)."""
+    """(DATA_ROOT with CheXpert, ChestX-ray14 and hospital trees of real rows, the transfer chapter's CheXpert
+    manifest)."""
     root = tmp_path_factory.mktemp("bad_inputs_root")
     write_chexpert(root, n_train_patients=12)  # 70/10/20 of 12 patients leaves each split at least one
     write_nih(root)
+    write_hospital(root, n_studies=40)  # the multi-site chapter's third site
     return root, transfer.target_manifest(root, tmp_path_factory.mktemp("bad_inputs_manifests"))
 
 

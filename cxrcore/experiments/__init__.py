@@ -25,9 +25,10 @@ EXPERIMENTS = {  # in the order `experiment all` starts them: the longest runs f
     "leakage": "cxrcore.experiments.leakage",
     "paper002": "cxrcore.experiments.paper002",
     "paper003": "cxrcore.experiments.paper003",
+    "multisite": "cxrcore.experiments.multisite",
 }
 # what `experiment all` trains: the experiments the book's chapters read
-BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002", "paper003")
+BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002", "paper003", "multisite")
 
 
 def experiment(name: str) -> ModuleType:

@@ -1,0 +1,356 @@
+"""Experiment "multisite": Bajwa et al.'s (paper 000) sequential training across three sites, every model tested on
+every site without retraining.
+
+* models (DenseNet-121, paper 000's recipe, its four findings): the NIH baseline is the shared DenseNet-121 source
+  model (ChestX-ray14); CheXpert-NET and Hospital-NET start from it on one site each; CheXpert-Hospital-NET starts
+  from CheXpert-NET on the hospital site (the chain); "pooled" starts from the NIH baseline on the CheXpert and
+  hospital training images together (the alternative the paper does not run). The chain's last stage is also
+  trained on the hospital labels of the negation-aware labeler and, on a synthetic site, on the drawn signs
+  themselves: the cost of each labeler's noise in AUROC.
+* sites: ChestX-ray14 (official test list), CheXpert (frontal train.csv images split patient-wise, the radiologists'
+  valid.csv as the test set, as paper 000 does), the hospital (frontal images, reports labelled by paper 000's
+  keyword labeler, split patient-wise; its test labels are the drawn signs on a synthetic site, else the keyword
+  labeler's).
+* the matrix: every model on every site's test split (`cxrcore.experiments.evaluation.evaluate`: inference only,
+  cached), per finding and the mean, with patient-bootstrap intervals; paper 000's paired t-test and Wilcoxon
+  test over the finding x site cells, and DeLong per finding with Benjamini-Hochberg.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from scipy.stats import false_discovery_control
+from sklearn.metrics import precision_recall_fscore_support
+
+from cxrcore.cam import energy_inside, gradcam, pointing_game
+from cxrcore.experiments import source_models
+from cxrcore.experiments.evaluation import evaluate
+from cxrcore.experiments.localisation import drawn_sign_paths, has_sign_masks, sign_mask
+from cxrcore.experiments.source_models import ARCHITECTURES
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, predictions_auroc_table, scored_findings
+from cxrcore.findings import NIH_HARMONIZED, PAPER000_FINDINGS
+from cxrcore.manifest import REQUIRED_COLUMNS, load_manifest, write_derived_manifest
+from cxrcore.metrics import delong_test, paired_tests, score_column
+from cxrcore.runner import Result, evaluation_dataset, limit_patients, run
+from cxrcore.settings import Settings, quick_sized
+from data_prep.manifests import read_chexpert, read_hospital
+from data_prep.splits import split_patients
+from data_prep.synth.plan import CHEXPERT_SIGNS
+from data_prep.synth.truth import with_drawn_labels
+
+NAME = "multisite"
+FINDINGS = list(PAPER000_FINDINGS)  # the four findings paper 000 trains and tests on at every site
+ARCHITECTURE = ARCHITECTURES[0]  # DenseNet-121, paper 000's network
+PRESET = "paper000"
+QUICK_TRAIN_IMAGES = 500  # training images per site in the quick profile (whole patients)
+QUICK_EPOCHS = 4  # every run's epochs in the quick profile (the same for every model)
+CHEXPERT_VALID = {"quick": 0.10, "full": 0.05}  # paper 000: 95/5 of train.csv; the demo site needs a larger share
+HOSPITAL_FRACTIONS = {"train": 0.6, "valid": 0.1, "test": 0.3}  # paper 000: 85/10/5 by image; a test set worth reading
+SPLIT_SEED = 0
+SITES = {"ChestX-ray14": "nih", "CheXpert": "chexpert", "hospital": "hospital"}  # site -> its data_prep name
+LABELERS = ("keyword", "negation-aware", "drawn signs")
+BASELINE = "NIH baseline"
+CHAIN = ("NIH baseline", "CheXpert-NET", "CheXpert-Hospital-NET")
+PAPER_MODELS = {"NIH baseline": "NIH Baseline", "CheXpert-NET": "CheXpert-NET", "Hospital-NET": "Shifa-NET",
+                "CheXpert-Hospital-NET": "CheXpert-Shifa-NET"}  # ours -> paper 000's names (its hospital: SIH)
+PAPER_SITES = {"ChestX-ray14": "ChestX-ray14 test", "CheXpert": "CheXpert test", "hospital": "SIH test"}
+
+
+LABELED_MODELS = {"keyword": "CheXpert-Hospital-NET", "negation-aware": "CheXpert-Hospital-NET, negation-aware labels",
+                  "drawn signs": "CheXpert-Hospital-NET, drawn-sign labels"}
+
+
+def labeler_model(labeler: str) -> str:
+    """The chain's last stage trained on one labeler's hospital labels ("keyword" is CheXpert-Hospital-NET)."""
+    return LABELED_MODELS[labeler]
+
+
+def labelers(settings: Settings) -> tuple[str, ...]:
+    """The hospital labels on offer: the two report labelers, and the drawn signs where the site is synthetic."""
+    return LABELERS if has_sign_masks(settings.data_root) else LABELERS[:2]
+
+
+def _quick_cut(table: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """The table with its training split cut to the quick profile's whole patients (unchanged in the full one)."""
+    if not quick_sized(profile):
+        return table.reset_index(drop=True)
+    train = table[table["split"] == "train"]
+    kept = limit_patients(train, QUICK_TRAIN_IMAGES, SPLIT_SEED)
+    return table.drop(index=train.index.difference(kept.index)).reset_index(drop=True)
+
+
+def chexpert_table(settings: Settings) -> pd.DataFrame:
+    """CheXpert frontal images: train.csv split patient-wise into train and valid, valid.csv as the test set."""
+    table = read_chexpert(settings.data_root)
+    table = table[table["view"] == "frontal"].copy()
+    trainval = table["split"] == "trainval"
+    valid = CHEXPERT_VALID["quick" if quick_sized(settings.profile) else "full"]
+    table.loc[trainval, "split"] = split_patients(table[trainval], {"train": 1 - valid, "valid": valid}, SPLIT_SEED)
+    return _quick_cut(table, settings.profile)
+
+
+def hospital_tables(settings: Settings) -> dict[str, pd.DataFrame]:
+    """Labeler -> the hospital's frontal images, one patient-wise split, train and valid labelled by that labeler;
+    the test labels are the drawn signs on a synthetic site (a perfect reader), else the keyword labeler's."""
+    keyword = read_hospital(settings.data_root)
+    keyword = keyword[keyword["view"] == "frontal"].copy()
+    keyword["split"] = split_patients(keyword, HOSPITAL_FRACTIONS, SPLIT_SEED)
+    negation = read_hospital(settings.data_root, negation=True).loc[keyword.index, FINDINGS]
+    synthetic = has_sign_masks(settings.data_root)
+    trained = keyword["split"] != "test"
+    tables = {"keyword": keyword, "negation-aware": keyword.copy()}
+    tables["negation-aware"].loc[trained, FINDINGS] = negation.loc[trained]
+    if synthetic:
+        tables["drawn signs"] = with_drawn_labels(keyword, settings.data_root, "hospital", FINDINGS)
+        tested = keyword["split"] == "test"
+        tables = {name: with_drawn_labels(table, settings.data_root, "hospital", FINDINGS, tested)
+                  for name, table in tables.items()}
+    return {name: _quick_cut(table, settings.profile) for name, table in tables.items()}
+
+
+def _columns(table: pd.DataFrame, findings: Sequence[str]) -> pd.DataFrame:
+    """A manifest table with exactly the required columns and `findings` (NaN, "not labelled", where it lacks one)."""
+    return table.reindex(columns=[*REQUIRED_COLUMNS, *findings])
+
+
+def manifests(settings: Settings) -> dict[str, Path]:
+    """Training manifests: "ChestX-ray14" (the source models'), "CheXpert", "hospital: <labeler>" and "pooled"."""
+    out = settings.runs_dir / "manifests"
+    chexpert = _columns(chexpert_table(settings), FINDINGS)
+    hospital = {name: _columns(table, FINDINGS) for name, table in hospital_tables(settings).items()}
+    paths = {"ChestX-ray14": source_models.source_manifest(settings.data_root, out),
+             "CheXpert": write_derived_manifest(chexpert, out / f"{NAME}_chexpert.csv")}
+    for name, table in hospital.items():
+        paths[f"hospital: {name}"] = write_derived_manifest(table, out / f"{NAME}_hospital_{name.split()[0]}.csv")
+    pooled = pd.concat([chexpert, hospital["keyword"]], ignore_index=True)
+    paths["pooled"] = write_derived_manifest(pooled, out / f"{NAME}_pooled.csv")
+    return paths
+
+
+def test_manifests(settings: Settings) -> dict[str, Path]:
+    """Site -> its test images with every finding any model of the experiment scores (NaN where the site has no
+    label: the NIH baseline scores ChestX-ray14's 14 findings), so every model can be tested on every site."""
+    train = manifests(settings)
+    sources = {"ChestX-ray14": train["ChestX-ray14"], "CheXpert": train["CheXpert"],
+               "hospital": train["hospital: keyword"]}  # every labeler's table has the same test labels
+    findings = list(dict.fromkeys([*NIH_HARMONIZED, *FINDINGS]))
+    out = settings.runs_dir / "manifests"
+    paths = {}
+    for site, path in sources.items():
+        table = load_manifest(path)
+        test = _columns(table[table["split"] == "test"], findings).reset_index(drop=True)
+        paths[site] = write_derived_manifest(test, out / f"{NAME}_test_{SITES[site]}.csv")
+    return paths
+
+
+def run_config(manifest: Path, settings: Settings, start: dict) -> dict:
+    """Paper 000's recipe for one stage: DenseNet-121 on a manifest, every layer trained from the `start` run."""
+    return {"manifest": str(manifest), "findings": FINDINGS, "data_root": str(settings.data_root),
+            "arch": ARCHITECTURE.arch, "head": ARCHITECTURE.head, "channels": 3, "preset": PRESET,
+            "policy": "u-ones", "seed": 0, "profile": settings.profile, "weights": {"run": start},
+            "overrides": {"epochs": QUICK_EPOCHS} if quick_sized(settings.profile) else {}}
+
+
+def configs(settings: Settings) -> dict[str, dict]:
+    """Model name -> run config: the NIH baseline (the shared source model), each stage, pooled, the labelers."""
+    paths = manifests(settings)
+    baseline = source_models.configs(settings)[ARCHITECTURE.name]
+    chexpert = run_config(paths["CheXpert"], settings, baseline)
+    out = {BASELINE: baseline, "CheXpert-NET": chexpert,
+           "Hospital-NET": run_config(paths["hospital: keyword"], settings, baseline),
+           "pooled": run_config(paths["pooled"], settings, baseline)}
+    for labeler in labelers(settings):
+        out[labeler_model(labeler)] = run_config(paths[f"hospital: {labeler}"], settings, chexpert)
+    return out
+
+
+def stages(settings: Settings) -> list[list[dict]]:
+    """The source models, then the models that start from the NIH baseline, then the chain's hospital stages."""
+    named = configs(settings)
+    second = [c for name, c in named.items() if name in ("CheXpert-NET", "Hospital-NET", "pooled")]
+    third = [named[labeler_model(labeler)] for labeler in labelers(settings)]
+    return [*source_models.stages(settings), second, third]
+
+
+def runs(settings: Settings) -> dict[str, Result]:
+    """Model name -> finished run (trained now if not in the run cache)."""
+    return {name: run(config, runs_dir=settings.runs_dir) for name, config in configs(settings).items()}
+
+
+def cross_site_predictions(settings: Settings, finished: Mapping[str, Result]) -> dict[tuple[str, str], pd.DataFrame]:
+    """(model, site) -> the model's predictions on the site's test images (inference only, cached per run)."""
+    tests = test_manifests(settings)
+    return {(name, site): evaluate(result, path) for name, result in finished.items() for site, path in tests.items()}
+
+
+def matrix(predictions: Mapping[tuple[str, str], pd.DataFrame], n_boot: int) -> pd.DataFrame:
+    """Long table: model, site, finding ("Mean" for the mean over the site's scored findings), AUROC and 95 %
+    patient-bootstrap interval, positives; a finding with too few test positives at a site is left out there."""
+    rows = []
+    for (name, site), table in predictions.items():
+        if not scored_findings(table, FINDINGS):  # no finding has enough positives at this site: nothing to score
+            rows.append({"model": name, "site": site, "finding": "Mean", "auroc": np.nan, "low": np.nan,
+                         "high": np.nan, "positives": 0})
+            continue
+        aurocs = predictions_auroc_table(table, FINDINGS, n_boot)
+        for finding, row in aurocs.iterrows():
+            rows.append({"model": name, "site": site, "finding": finding, "auroc": row["auroc"], "low": row["low"],
+                         "high": row["high"], "positives": row["n_pos"]})
+    return pd.DataFrame(rows)
+
+
+def mean_matrix(long: pd.DataFrame, text: bool = False) -> pd.DataFrame:
+    """Model x site mean AUROC (or "0.812 (0.78-0.84)" texts), models and sites in their order of appearance."""
+    means = long[long["finding"] == "Mean"]
+    values = means.assign(text=[f"{a:.3f} ({lo:.2f}-{hi:.2f})" for a, lo, hi in
+                                zip(means["auroc"], means["low"], means["high"], strict=True)])
+    table = values.pivot(index="model", columns="site", values="text" if text else "auroc")
+    return table.reindex(index=pd.unique(means["model"]), columns=pd.unique(means["site"]))
+
+
+def shifts(means: pd.DataFrame) -> pd.DataFrame:
+    """What the matrix says about forgetting and site shift, one row per reading (differences of mean AUROC)."""
+    rows = [("forgetting", "CheXpert-Hospital-NET vs CheXpert-NET", "CheXpert"),
+            ("forgetting", "CheXpert-Hospital-NET vs NIH baseline", "ChestX-ray14"),
+            ("forgetting", "CheXpert-NET vs NIH baseline", "ChestX-ray14"),
+            ("gain on the new site", "CheXpert-Hospital-NET vs CheXpert-NET", "hospital"),
+            ("gain on the new site", "CheXpert-NET vs NIH baseline", "CheXpert"),
+            ("chain vs pooled", "CheXpert-Hospital-NET vs pooled", "CheXpert"),
+            ("chain vs pooled", "CheXpert-Hospital-NET vs pooled", "hospital"),
+            ("chain vs pooled", "CheXpert-Hospital-NET vs pooled", "ChestX-ray14")]
+    out = []
+    for reading, pair, site in rows:
+        a, b = pair.split(" vs ")
+        out.append({"reading": reading, "models": pair, "tested on": site,
+                    "difference": means.loc[a, site] - means.loc[b, site]})
+    for name in means.index:  # site shift: a model off its own site(s)
+        home = home_sites(name)
+        away = [s for s in means.columns if s not in home]
+        if away:
+            out.append({"reading": "site shift", "models": name, "tested on": f"{', '.join(away)} vs its own",
+                        "difference": means.loc[name, away].mean() - means.loc[name, home].mean()})
+    return pd.DataFrame(out)
+
+
+def home_sites(model: str) -> list[str]:
+    """The sites whose training images a model saw (the NIH baseline's start counts for every later model)."""
+    if model == BASELINE:
+        return ["ChestX-ray14"]
+    if model == "CheXpert-NET":
+        return ["ChestX-ray14", "CheXpert"]
+    if model == "Hospital-NET":
+        return ["ChestX-ray14", "hospital"]
+    return list(SITES)  # the chain's last stage (every labeler) and pooled saw all three
+
+
+def cells(long: pd.DataFrame) -> pd.DataFrame:
+    """Model x (finding, site) AUROCs: the cells paper 000's paired tests run over (Table 7's layout)."""
+    per_finding = long[long["finding"] != "Mean"]
+    return per_finding.pivot_table(index="model", columns=["finding", "site"], values="auroc").reindex(
+        pd.unique(per_finding["model"]))
+
+
+def paired_table(long: pd.DataFrame, models: Sequence[str], baseline: str = BASELINE) -> pd.DataFrame:
+    """Paper 000's statistics: each model against the baseline over the finding x site cells, paired t-test and
+    Wilcoxon signed-rank, two-sided and one-sided ("greater", which reproduces the paper's reported p-values)."""
+    table = cells(long)
+    rows = []
+    for name in models:
+        both = paired_tests(table.loc[name], table.loc[baseline])
+        a, b = table.loc[name].align(table.loc[baseline])
+        keep = a.notna() & b.notna()
+        rows.append({"model": name, "against": baseline, "cells": both["n"], "mean difference": both["mean_diff"],
+                     "t-test p": both["t_p"], "Wilcoxon p": both["wilcoxon_p"],
+                     "t-test p (one-sided)": stats.ttest_rel(a[keep], b[keep], alternative="greater").pvalue,
+                     "Wilcoxon p (one-sided)": stats.wilcoxon(a[keep], b[keep], alternative="greater",
+                                                              method="approx").pvalue})
+    return pd.DataFrame(rows)
+
+
+def delong_table(predictions: Mapping[tuple[str, str], pd.DataFrame], models: Sequence[str],
+                 baseline: str = BASELINE) -> pd.DataFrame:
+    """DeLong's test of each model against the baseline per finding and site (findings with enough positives),
+    with Benjamini-Hochberg q values over every test in the table."""
+    rows = []
+    for (name, site), table in predictions.items():
+        if name not in models:
+            continue
+        base = predictions[(baseline, site)]
+        for finding in scored_findings(table, FINDINGS):
+            counted = table[finding].notna().to_numpy()
+            test = delong_test(table[finding][counted], table[score_column(finding)][counted],
+                               base[score_column(finding)][counted])
+            rows.append({"model": name, "site": site, "finding": finding, "AUROC": test.auc_a,
+                         "baseline AUROC": test.auc_b, "difference": test.auc_a - test.auc_b, "p": test.p})
+    out = pd.DataFrame(rows, columns=["model", "site", "finding", "AUROC", "baseline AUROC", "difference", "p"])
+    out["q (BH)"] = false_discovery_control(out["p"].to_numpy(), method="bh") if len(out) else []
+    return out
+
+
+def labeler_noise(settings: Settings) -> pd.DataFrame:
+    """Per labeler and finding: how its hospital training labels agree with the drawn signs (precision, recall,
+    F1 of its positives, and the share of images it labels wrongly); synthetic sites only."""
+    tables = hospital_tables(settings)
+    truth = tables["drawn signs"]
+    train = truth["split"] == "train"
+    rows = []
+    for labeler in LABELERS[:2]:
+        for finding in FINDINGS:
+            y, y_hat = truth.loc[train, finding].to_numpy(int), tables[labeler].loc[train, finding].to_numpy(int)
+            precision, recall, f1, _ = precision_recall_fscore_support(y, y_hat, average="binary", zero_division=0)
+            rows.append({"labeler": labeler, "finding": finding, "drawn": int(y.sum()), "labelled": int(y_hat.sum()),
+                         "precision": precision, "recall": recall, "F1": f1,
+                         "wrong labels": float(np.mean(y != y_hat))})
+    return pd.DataFrame(rows)
+
+
+def site_gradcam(result: Result, test_manifest: Path, data_root: Path, site: str, finding: str, n: int
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Grad-CAM of one finding on up to n of a site's test images with its sign drawn: the grey images and maps
+    ((n, side, side) each) and their scores against the drawn masks (energy inside / area, pointing game)."""
+    dataset = evaluation_dataset(result, "test", test_manifest)
+    sign = CHEXPERT_SIGNS[finding]
+    paths = drawn_sign_paths(data_root, SITES[site], sign, dataset.manifest["path"].tolist(), n)
+    if not paths:
+        raise ValueError(f"no test image of {site} has a drawn {sign} ({finding})")
+    index = {path: i for i, path in enumerate(dataset.manifest["path"])}
+    images = np.stack([dataset[index[path]]["image"].numpy() for path in paths])
+    maps = gradcam(result.load_model(), torch.from_numpy(images),
+                   result.config["run"]["findings"].index(finding))
+    masks = [sign_mask(data_root, path, images.shape[-1], sign) for path in paths]
+    energy = np.array([energy_inside(m, k) for m, k in zip(maps, masks, strict=True)])  # NaN: an all-zero map
+    inside = float(energy[np.isfinite(energy)].mean()) if np.isfinite(energy).any() else np.nan
+    area = float(np.mean([k.mean() for k in masks]))
+    return images[:, 0], maps, {"images": len(paths), "energy inside": inside, "sign's share of the image": area,
+                                "energy / area": inside / area, "all-zero maps": int(np.isnan(energy).sum()),
+                                "peak inside": float(np.mean([pointing_game(m, k)
+                                                              for m, k in zip(maps, masks, strict=True)]))}
+
+
+def reported_matrix(reported: pd.DataFrame) -> pd.DataFrame:
+    """Paper 000's Table 6 as model x site (our names), for the side-by-side with `mean_matrix`."""
+    rows = reported[(reported["paper"] == "000") & (reported["source"] == "Table 6")]
+    table = rows.pivot(index="model", columns="arm", values="value")
+    table = table.rename(index={v: k for k, v in PAPER_MODELS.items()},
+                         columns={v: k for k, v in PAPER_SITES.items()})
+    return table.reindex(index=list(PAPER_MODELS), columns=[*SITES, "average"])
+
+
+def results(settings: Settings) -> pd.DataFrame:
+    """One row per model and test site (RESULT_COLUMNS): mean AUROC over the site's scored findings."""
+    finished = runs(settings)
+    long = matrix(cross_site_predictions(settings, finished), bootstrap_draws(settings))
+    means = long[long["finding"] == "Mean"]
+    rows = []
+    for row in means.itertuples():
+        result = finished[row.model]
+        rows.append({"experiment": NAME, "model": row.model, "arm": f"tested on {row.site}",
+                     "train_images": result.metrics["images"]["train"],
+                     "test_images": int(len(evaluate(result, test_manifests(settings)[row.site]))),
+                     "mean_auroc": row.auroc, "ci_low": row.low, "ci_high": row.high, "seconds": result.elapsed})
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)

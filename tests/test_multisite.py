@@ -1,0 +1,152 @@
+"""Paper 000's multi-site experiment on a small generated synthetic tree (all three sites in their real layouts):
+the chain's configs, labels from each labeler and from the drawn signs, evaluation without retraining (cached, and
+redone when the test manifest changes), the cross-site matrix and its paired tests, on tiny real runs."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrcore import make_settings
+from cxrcore.experiments import multisite, source_models
+from cxrcore.experiments.evaluation import evaluate, evaluation_file
+from cxrcore.manifest import load_manifest
+from cxrcore.runner import Result, run
+from data_prep.synth import add_arguments, main
+from data_prep.synth.truth import drawn_labels, with_drawn_labels
+
+TINY = {"arch": "resnet18", "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}}
+
+
+def tiny(config: dict) -> dict:
+    """A run config made tiny, and the run it starts from too (the chain's weights name whole configs)."""
+    weights = config.get("weights")
+    return {**config, **TINY, "weights": {"run": tiny(weights["run"])} if isinstance(weights, dict) else weights}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("multisite") / "data"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args(["--out", str(root), "--per-site", "90", "--size", "48", "--workers", "2"])) == 0
+    return make_settings("quick", root, tmp_path_factory.mktemp("multisite_runs"))
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(settings) -> dict[str, Result]:
+    return {name: run(tiny(config), runs_dir=settings.runs_dir) for name, config in
+            multisite.configs(settings).items()}
+
+
+def test_drawn_labels_follow_the_sign_tables(settings) -> None:
+    truth = drawn_labels(settings.data_root, "hospital", multisite.FINDINGS)
+    signs = pd.read_csv(settings.data_root / "_synth" / "hospital_signs.csv")
+    drawn = set(signs.loc[(signs["sign"] == "effusion") & (signs["drawn"] == 1), "path"])
+    assert set(truth.index[truth["Pleural Effusion"] == 1]) == drawn
+    assert len(truth) == len(pd.read_csv(settings.data_root / "_synth" / "hospital_images.csv"))
+    table = pd.DataFrame({"path": ["hospital/images/nowhere.png"], "Pneumonia": [0.0]})
+    with pytest.raises(ValueError, match="nowhere.png"):
+        with_drawn_labels(table, settings.data_root, "hospital", ["Pneumonia"])
+    with pytest.raises(ValueError, match="Hernia"):
+        drawn_labels(settings.data_root, "hospital", ["Hernia"])
+
+
+def test_the_chain_its_labels_and_the_pool(settings) -> None:
+    configs = multisite.configs(settings)
+    assert list(configs)[:4] == ["NIH baseline", "CheXpert-NET", "Hospital-NET", "pooled"]
+    assert configs["NIH baseline"] == source_models.configs(settings)["DenseNet-121"]
+    assert configs["CheXpert-NET"]["weights"] == {"run": configs["NIH baseline"]}
+    for labeler in multisite.LABELERS:  # every labeler's last stage starts from CheXpert-NET
+        assert configs[multisite.labeler_model(labeler)]["weights"] == {"run": configs["CheXpert-NET"]}
+    paths = multisite.manifests(settings)
+    tables = {name: load_manifest(path) for name, path in paths.items()}
+    hospital = [tables[f"hospital: {labeler}"] for labeler in multisite.LABELERS]
+    assert all(t["path"].tolist() == hospital[0]["path"].tolist() for t in hospital)
+    test = [t[t["split"] == "test"][multisite.FINDINGS] for t in hospital]
+    assert all(t.equals(test[0]) for t in test)  # one test set, labelled by the drawn signs
+    truth = drawn_labels(settings.data_root, "hospital", multisite.FINDINGS)
+    drawn = hospital[2].set_index("path")[multisite.FINDINGS]
+    assert np.array_equal(drawn.to_numpy(), truth.loc[drawn.index].to_numpy())
+    pooled = tables["pooled"]
+    for split in ("train", "valid", "test"):
+        parts = [table.loc[table["split"] == split, "path"] for table in (tables["CheXpert"], hospital[0])]
+        assert set(pooled.loc[pooled["split"] == split, "path"]) == {*parts[0], *parts[1]}
+    assert (tables["CheXpert"]["view"] == "frontal").all() and (hospital[0]["view"] == "frontal").all()
+
+
+def test_evaluation_is_cached_and_redone_for_a_changed_manifest(settings, tiny_runs, tmp_path: Path) -> None:
+    result = tiny_runs["CheXpert-NET"]
+    manifest = multisite.test_manifests(settings)["hospital"]
+    first = evaluate(result, manifest)
+    cached = evaluation_file(result, manifest)
+    stamp = cached.stat().st_mtime_ns
+    os.utime(manifest)  # touching the manifest changes nothing: the key is its content
+    again = evaluate(result, manifest)
+    pd.testing.assert_frame_equal(first, again)
+    assert cached.stat().st_mtime_ns == stamp
+    assert len(first) == len(load_manifest(manifest)) and set(first["path"]) == set(load_manifest(manifest)["path"])
+    changed = tmp_path / "fewer.csv"
+    load_manifest(manifest).iloc[:-1].to_csv(changed, index=False)
+    fewer = evaluate(result, changed)
+    assert evaluation_file(result, changed) != cached and len(fewer) == len(first) - 1
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        evaluate(result, tmp_path / "missing.csv")
+
+
+def test_matrix_paired_tests_and_delong(settings, tiny_runs) -> None:
+    predictions = multisite.cross_site_predictions(settings, tiny_runs)
+    assert set(predictions) == {(m, s) for m in tiny_runs for s in multisite.SITES}
+    baseline = predictions[("NIH baseline", "hospital")]
+    assert "Infiltration_score" in baseline.columns  # the NIH baseline scores its 14 findings on every site
+    long = multisite.matrix(predictions, n_boot=20)
+    means = multisite.mean_matrix(long)
+    assert list(means.index) == list(tiny_runs) and list(means.columns) == list(multisite.SITES)
+    scored = long[long["finding"] != "Mean"]
+    assert not scored.empty and scored["auroc"].between(0, 1).all() and (scored["positives"] >= 5).all()
+    models = ["CheXpert-NET", "Hospital-NET", "CheXpert-Hospital-NET"]
+    delong = multisite.delong_table(predictions, models)
+    assert set(delong["model"]) <= set(models) and (delong["q (BH)"] >= delong["p"] - 1e-12).all()
+    shifts = multisite.shifts(means)
+    assert {"forgetting", "site shift", "chain vs pooled"} <= set(shifts["reading"])
+    noise = multisite.labeler_noise(settings)
+    assert set(noise["labeler"]) == {"keyword", "negation-aware"} and noise["wrong labels"].between(0, 1).all()
+    images, maps, scores = multisite.site_gradcam(tiny_runs["CheXpert-Hospital-NET"],
+                                                  multisite.test_manifests(settings)["hospital"],
+                                                  settings.data_root, "hospital", "Cardiomegaly", 3)
+    assert images.shape == maps.shape and 0 < scores["images"] <= 3 and 0 <= scores["peak inside"] <= 1
+
+
+def test_the_paired_tests_reproduce_paper_000s_p_values() -> None:
+    from cxrcore.experiments.reported import read_reported
+
+    reported = read_reported(Path(__file__).resolve().parents[1] / "book" / "reported.csv")
+    table = multisite.reported_matrix(reported)
+    assert table.loc["CheXpert-Hospital-NET", "hospital"] == pytest.approx(0.842)
+    assert table.loc["NIH baseline", "average"] == pytest.approx(0.795)
+    cells = reported[(reported["paper"] == "000") & (reported["source"] == "Table 7") & (reported["arm"] != "average")
+                     & (reported["metric"] == "auroc")]
+    long = cells.rename(columns={"arm": "site", "value": "auroc"})[["model", "site", "finding", "auroc"]]
+    models = ["CheXpert-Shifa-NET", "Shifa-NET", "CheXpert-NET"]
+    paired = multisite.paired_table(long, models, baseline="NIH Baseline").set_index("model")
+    assert (paired["cells"] == 12).all()
+    printed = reported[(reported["source"] == "Section 4.4 text") & (reported["metric"] == "wilcoxon_p")]
+    for row in printed.itertuples():  # section 4.4: one-sided tests over Table 7's 12 cells
+        assert paired.loc[row.model.split(" vs ")[0], "Wilcoxon p (one-sided)"] == pytest.approx(row.value, abs=5e-4)
+    one_sided = paired["t-test p (one-sided)"].to_numpy()
+    assert paired["t-test p"].to_numpy() == pytest.approx(2 * one_sided)  # every mean difference is a gain
+
+
+def test_without_a_hospital_folder_the_error_names_the_missing_file(tmp_path: Path) -> None:
+    from layouts import write_chexpert, write_nih
+
+    root = tmp_path / "data"
+    write_chexpert(root, n_train_patients=12)
+    write_nih(root)
+    settings = make_settings("full", root, tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match=r"hospital/reports\.csv not found"):
+        multisite.configs(settings)
