@@ -33,6 +33,7 @@ __all__ = [
     "averaged_f1",
     "bootstrap_auroc_ci",
     "delong_test",
+    "fold_summary",
     "mae",
     "paired_tests",
     "precision_recall_f1",
@@ -528,6 +529,24 @@ def paired_tests(auc_a: ArrayLike, auc_b: ArrayLike) -> dict[str, float]:
     return {"n": int(a.size), "mean_diff": float(np.mean(a - b)), "t": float(t_test.statistic),
             "t_p": float(t_test.pvalue), "wilcoxon": float(signed_rank.statistic),
             "wilcoxon_p": float(signed_rank.pvalue)}
+
+
+def fold_summary(table: pd.DataFrame, value: str = "auroc", by: str = "finding", fold: str = "fold") -> pd.DataFrame:
+    """Paper 001's summary of repeated patient-wise resamplings: per `by` (e.g. finding), the mean, standard deviation
+    (ddof 1), minimum and maximum of `value` over the folds, and the number of folds; every `by` must have a value
+    in every fold (the error names the gaps)."""
+    missing = [c for c in (value, by, fold) if c not in table.columns]
+    if missing:
+        raise ValueError(f"fold_summary: columns {missing} missing; have {list(table.columns)}")
+    wide = table.pivot(index=by, columns=fold, values=value)
+    gaps = wide.isna().stack()
+    if gaps.any():
+        raise ValueError(f"fold_summary: no {value} for {gaps[gaps].index.tolist()[:5]} ({by}, {fold})")
+    if wide.shape[1] < 2:
+        raise ValueError(f"fold_summary needs at least 2 folds, got {wide.shape[1]}")
+    summary = pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1, ddof=1), "min": wide.min(axis=1),
+                            "max": wide.max(axis=1), "folds": wide.shape[1]})
+    return summary.reindex(pd.unique(table[by]))
 
 
 def mae(y: ArrayLike, y_hat: ArrayLike) -> float:

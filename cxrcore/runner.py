@@ -270,7 +270,7 @@ class RunConfig:
         self.weights = _weights(self.weights)
         if not isinstance(self.preset, str):
             raise _bad("preset", self.preset, "a preset name (cxrcore.presets.PRESETS)")
-        self.overrides = _overrides(self.overrides, self.preset, self.large)
+        self.overrides = _overrides(self.overrides, self.preset, self.uses_large)
         if self.profile is not None and (not isinstance(self.profile, str) or self.profile.lower() not in PROFILES):
             raise _bad("profile", self.profile, f"one of {list(PROFILES)}")
         _whole("seed", self.seed, 0)
@@ -285,6 +285,12 @@ class RunConfig:
         _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTING)
         _whole("num_workers", self.num_workers, 0)
         self._check_combinations(policies)
+
+    @property
+    def uses_large(self) -> bool:
+        """Paper 001's "-large" network (the extra max-pool, twice the input side): asked for by the config's `large`
+        or by its preset (paper001-large)."""
+        return self.large or get_preset(self.preset).large
 
     def _check_combinations(self, policies: list[str]) -> None:
         """Fields that only work together."""
@@ -555,7 +561,7 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
            progress: bool) -> dict:
     """Train and test in `work`; returns the metrics dict (files written into `work`)."""
     train, valid, test = datasets
-    model = build_model(config.arch, len(config.findings), channels=config.channels, large=config.large,
+    model = build_model(config.arch, len(config.findings), channels=config.channels, large=config.uses_large,
                         meta_features=3 if config.meta else 0, head=config.head, weights=weights,
                         freeze_backbone=config.freeze_backbone, seed=config.seed)
     loader = {"batch_size": preset.batch_size, "num_workers": config.num_workers, "seed": config.seed}

@@ -247,3 +247,16 @@ def test_averaged_f1_matches_counts_by_hand():
         metrics.averaged_f1(truth.assign(B=[0, 1, np.nan, 0]), scores)
     with pytest.raises(ValueError, match=r"no threshold given for \['B'\]"):
         metrics.averaged_f1(truth, scores, {"A": 0.5})
+
+
+def test_fold_summary_as_paper_001_reports_resamplings():
+    folds = pd.DataFrame({"fold": [0, 1, 2] * 2, "finding": ["Mass"] * 3 + ["Hernia"] * 3,
+                          "auroc": [0.70, 0.74, 0.78, 0.90, 0.80, 0.85]})
+    summary = metrics.fold_summary(folds)
+    assert list(summary.index) == ["Mass", "Hernia"]  # in the table's order
+    assert summary.loc["Mass", "mean"] == pytest.approx(0.74) and summary.loc["Mass", "std"] == pytest.approx(0.04)
+    assert (summary.loc["Hernia", ["min", "max", "folds"]].tolist() == [0.80, 0.90, 3])
+    with pytest.raises(ValueError, match=r"\('Hernia', 2\)"):
+        metrics.fold_summary(folds.iloc[:-1])
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        metrics.fold_summary(folds[folds["fold"] == 0])

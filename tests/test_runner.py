@@ -219,3 +219,23 @@ def test_a_last_batch_of_one_image_is_dropped_so_batchnorm_trains(site, tmp_path
     config = _config(root, manifest, overrides={"image_size": 32, "epochs": 1, "batch_size": 11})
     result = run(config, runs_dir=tmp_path / "runs")
     assert result.metrics["images"]["train"] == 12 and len(result.history) == 1
+
+
+def test_the_large_preset_builds_the_large_network(site, tmp_path):
+    """Paper 001's "-large" preset reaches the model: the extra max-pool halves the last feature maps (issue 15)."""
+    root, manifest = site
+    overrides = {"image_size": 64, "epochs": 1, "batch_size": 8}
+    large = run(_config(root, manifest, preset="paper001-large", overrides=overrides), runs_dir=tmp_path / "runs")
+    plain = run(_config(root, manifest, preset="paper001-scratch", overrides=overrides), runs_dir=tmp_path / "runs")
+    assert RunConfig.from_dict(large.config["run"]).uses_large and not large.config["run"]["large"]
+    assert resolved_preset(large.config["run"]).image_size == 64  # the override; the quick profile gives 128
+    sides = {}
+    for name, result in (("large", large), ("plain", plain)):
+        net = result.load_model().eval()
+        assert any(n.endswith("pool_large") for n, _ in net.named_modules()) == (name == "large")
+        with torch.no_grad():
+            sides[name] = net.backbone(torch.zeros(1, 1, 64, 64)).shape[-1]
+    assert sides == {"plain": 2, "large": 1}
+    assert len(large.predictions) == len(plain.predictions) == 6
+    with pytest.raises(ValueError, match="image_size"):  # "-large" needs twice the smallest input
+        RunConfig.from_dict(_config(root, manifest, preset="paper001-large", overrides={"image_size": 32}))
