@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 from data_prep import reference
-from data_prep.synth import add_arguments, main
+from data_prep.synth import add_arguments, check_arguments, main
 from data_prep.synth.anatomy import cardiothoracic_ratio
 from data_prep.synth.plan import NIH_DRAIN_OTHER_RATE, NIH_DRAIN_RATE, nih_plan
 from data_prep.synth.render import seeded
+from data_prep.synth.signs import SIGN_IDS
 
 PER_SITE, SIZE = 24, 48
 
@@ -206,3 +207,47 @@ def test_difficulty_is_a_data_prep_command(chexpert_tree, nih_tree, tmp_path: Pa
     assert difficulty.cli(options) == 0
     assert capsys.readouterr().out == via_dispatcher
     assert "median AUROC: cnn" in via_dispatcher and "| chexpert " in via_dispatcher
+
+
+def test_counterfactual_without_the_drain_changes_only_the_pixels_around_it(tmp_path: Path) -> None:
+    """`--counterfactual remove=drain`: each image with a drain is rendered again without it; outside the drain's mask
+    dilated by the detector's blur footprint (the site style's two Gaussian filters, 4 sigma each), widened to whole
+    8 x 8 blocks on a JPEG site (the compression codes each block on its own), the two images are identical bit for
+    bit, and the masks' other signs and anatomy are unchanged."""
+    from scipy import ndimage
+
+    from data_prep.synth.styles import STYLES
+    from data_prep.synth.write import COUNTERFACTUALS, RECORD, SITE_DIRS, counterfactual_path
+
+    root = tmp_path / "data"
+    assert main(_args(root, "--per-site", "200", "--size", str(SIZE), "--workers", "2",
+                      "--counterfactual", "remove=drain")) == 0
+    pairs = pd.read_csv(root / COUNTERFACTUALS)
+    sites = ("chexpert", "nih", "hospital")
+    drained = pd.concat([pd.read_csv(root / "_synth" / f"{site}_images.csv") for site in sites]).query("drain")
+    assert len(pairs) == len(drained) > 0 and set(pairs["path"]) == set(drained["path"])
+    assert (pairs["counterfactual"] == [counterfactual_path(p, "drain") for p in pairs["path"]]).all()
+    recorded = set((root / RECORD).read_text().split())
+    assert set(pairs["counterfactual"]) <= recorded  # `synth --force` may remove them
+    for row in pairs.itertuples():
+        original = np.asarray(Image.open(root / row.path))
+        without = np.asarray(Image.open(root / row.counterfactual))
+        masks = np.asarray(Image.open(root / row.mask))
+        drain = masks[..., 2] == 255
+        style = STYLES[next(site for site, folder in SITE_DIRS.items() if row.path.startswith(folder))]
+        scale = original.shape[1] / 128
+        radius = int(4 * (style.blur * scale + 0.01) + 0.5) + (int(8 * scale + 0.5) if style.sharpen else 0) + 1
+        near = ndimage.binary_dilation(drain, iterations=radius)
+        if style.image_format == "jpg":  # a changed pixel changes its whole 8 x 8 JPEG block, and only that block
+            h, w = near.shape
+            blocks = np.pad(near, ((0, -h % 8), (0, -w % 8))).reshape(-(-h // 8), 8, -(-w // 8), 8).any(axis=(1, 3))
+            near = np.kron(blocks, np.ones((8, 8), bool))[:h, :w]
+        differs = original != without
+        assert drain.any() and differs.any() and not (differs & ~near).any(), row.path
+        before = np.asarray(Image.open(root / "_synth" / "masks" / Path(row.path).with_suffix(".png")))
+        assert (before[..., 1] == masks[..., 1]).all()  # the same anatomy
+        kept = before[..., 0] != SIGN_IDS["drain"]
+        assert (before[..., 0][kept] == masks[..., 0][kept]).all() and not (masks[..., 0] == SIGN_IDS["drain"]).any()
+    for bad in ("remove=unicorn", "add=drain"):
+        with pytest.raises(ValueError, match="remove=SIGN"):
+            check_arguments(_args(tmp_path / "x", "--counterfactual", bad))

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     parser.add_argument("--force", action="store_true", help="replace a previous synthetic tree at --out")
+    parser.add_argument("--counterfactual", metavar="remove=SIGN", default=None,
+                        help="also write each image showing SIGN (e.g. drain) again without it, beside the original "
+                             "(<name>_no-SIGN), every other pixel-generating choice unchanged; listed in "
+                             "_synth/counterfactuals.csv")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -33,6 +37,19 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be at least 1 (got {args.workers})")
     if args.seed < 0:
         raise ValueError(f"--seed must be non-negative (got {args.seed})")
+    removed_sign(args.counterfactual)
+
+
+def removed_sign(option: str | None) -> str | None:
+    """The sign of `--counterfactual remove=SIGN` (None without the option); a clear error for anything else."""
+    from data_prep.synth.signs import SIGN_IDS
+
+    if option is None:
+        return None
+    kind, _, sign = option.partition("=")
+    if kind != "remove" or sign not in SIGN_IDS:
+        raise ValueError(f"--counterfactual expects remove=SIGN with SIGN one of {sorted(SIGN_IDS)}, got {option!r}")
+    return sign
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         check_arguments(args)
         summary = generate(
-            args.out.expanduser().resolve(), args.per_site, args.size, args.seed, args.workers, args.force
+            args.out.expanduser().resolve(), args.per_site, args.size, args.seed, args.workers, args.force,
+            removed_sign(args.counterfactual),
         )
     except (ValueError, FileExistsError) as err:
         print(f"synth: error: {err}", file=sys.stderr)
@@ -51,5 +69,6 @@ def main(args: argparse.Namespace) -> int:
         f"wrote {summary['images']} images to {args.out} in {summary['total_s']} s "
         f"(preparing {summary['prepare_s']} s, rendering {summary['render_s']} s on {summary['workers']} workers: "
         f"{summary['images_per_s_per_core']} images/s/core)"
+        + (f"; {summary['counterfactuals']} counterfactual images" if args.counterfactual else "")
     )
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from scipy import ndimage
 
@@ -76,7 +78,12 @@ def _mediastinum_mask(view: View, widening: float) -> np.ndarray:
 
 
 def render(job: dict, templates: np.ndarray, aspects: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One image: returns (uint8 image (H, W), uint8 masks (H, W, 3): sign id, anatomy bits, 0) and a record."""
+    """One image: returns (uint8 image (H, W), uint8 masks (H, W, 3): sign id, anatomy bits, 0) and a record.
+
+    A job with "remove" (a sign name) renders the counterfactual: the same image without that sign. Every sign draws
+    from its own random stream and the anatomy, markings and detector from the image's, so nothing else changes; the
+    removed sign's mask (drawn on scratch copies) goes into the blue channel (255 where it would have been).
+    """
     signs = {s.name: s for s in job["signs"]}
     patient, normal_u = _patient(job, templates, aspects)
     rng = seeded(job["seed"], job["site"], 2, job["index"])
@@ -89,8 +96,12 @@ def render(job: dict, templates: np.ndarray, aspects: np.ndarray) -> tuple[np.nd
         "mediastinum_mask": _mediastinum_mask(view, widening),
     }
     sign_ids = np.zeros((view.H, view.W), np.uint8)
+    removed = np.zeros((view.H, view.W), np.uint8)
     for name in sorted(signs, key=SIGN_IDS.get):
         sign_rng = seeded(job["seed"], job["site"], 1, job["study_number"] * 64 + SIGN_IDS[name])
+        if name == job.get("remove"):  # the counterfactual: where it would be drawn, on copies the image never sees
+            removed[draw(sign_rng, view, copy.deepcopy(layers), copy.deepcopy(state), signs[name])] = 255
+            continue
         sign_ids[draw(sign_rng, view, layers, state, signs[name])] = SIGN_IDS[name]
     vessels = markings(rng, view) * state["marking_gain"] * view.lungs
     if state.get("marking_blur"):
@@ -99,6 +110,7 @@ def render(job: dict, templates: np.ndarray, aspects: np.ndarray) -> tuple[np.nd
     intensity = 1 - np.exp(-ATTENUATION * np.clip(density, 0, None))
     image = apply_style(rng, intensity, STYLES[job["site"]], job["projection"])
     anatomy = view.lungs.astype(np.uint8) | (view.thorax.astype(np.uint8) << 1) | (view.heart.astype(np.uint8) << 2)
-    masks = np.stack([sign_ids, anatomy, np.zeros_like(sign_ids)], axis=-1)
-    record = {"ctr": round(float(view.extras["ctr"]), 4) if "ctr" in view.extras else np.nan, "drain": "drain" in signs}
+    masks = np.stack([sign_ids, anatomy, removed], axis=-1)
+    ctr = round(float(view.extras["ctr"]), 4) if "ctr" in view.extras else np.nan
+    record = {"ctr": ctr, "drain": "drain" in signs and job.get("remove") != "drain"}
     return image, masks, record

@@ -35,6 +35,21 @@ TABLE_FILES = [
 SEX_CODE = {"Male": "M", "Female": "F"}
 
 
+COUNTERFACTUALS = "_synth/counterfactuals.csv"  # original, counterfactual path, removed sign
+
+
+def counterfactual_path(image_path: str, sign: str) -> str:
+    """Where the counterfactual of an image without `sign` goes: beside it, `<name>_no-<sign><suffix>`."""
+    path = Path(image_path)
+    return path.with_name(f"{path.stem}_no-{sign}{path.suffix}").as_posix()
+
+
+def counterfactual_jobs(jobs: list[dict], sign: str) -> list[dict]:
+    """A job per image that shows `sign`: the same image rendered again without it (`render`'s "remove")."""
+    return [{**job, "path": counterfactual_path(job["path"], sign), "original": job["path"], "remove": sign}
+            for job in jobs if any(s.name == sign for s in job["signs"])]
+
+
 def _ground_truth_files() -> list[str]:
     """The per-site ground-truth tables under _synth/."""
     return [f"_synth/{site}_{kind}.csv" for site in SITE_DIRS for kind in ("images", "signs")]
@@ -52,7 +67,8 @@ def mask_path(image_path: str) -> str:
 
 def write_record(root: Path, jobs: list[dict]) -> None:
     """_synth/files.txt: every file this run will write (sorted), written before the images."""
-    files = sorted({*fixed_files(), *(job["path"] for job in jobs), *(mask_path(job["path"]) for job in jobs)})
+    extra = [COUNTERFACTUALS] if any("remove" in job for job in jobs) else []
+    files = sorted({*fixed_files(), *extra, *(job["path"] for job in jobs), *(mask_path(job["path"]) for job in jobs)})
     text = "".join(f"{name}\n" for name in files)
     atomic_write(root / RECORD, lambda stream: stream.write(text))
 
@@ -240,6 +256,8 @@ def _render_and_save(job: dict) -> dict:
     mask = mask_path(job["path"])
     (_WORKER["root"] / mask).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(masks).save(_WORKER["root"] / mask)
+    if "remove" in job:
+        return {"path": job["original"], "counterfactual": job["path"], "removed": job["remove"], "mask": mask}
     return {
         "path": job["path"],
         "site": job["site"],
@@ -283,8 +301,11 @@ def _plan_sites(seed: int, per_site: int, size: int) -> tuple[dict, tuple]:
     return parts, (chexpert, nih, hospital)
 
 
-def generate(root: Path, per_site: int, size: int, seed: int, workers: int, force: bool = False) -> dict:
-    """Write all three sites under root; returns a summary (images, seconds, images/s/core)."""
+def generate(root: Path, per_site: int, size: int, seed: int, workers: int, force: bool = False,
+             remove: str | None = None) -> dict:
+    """Write all three sites under root; returns a summary (images, seconds, images/s/core). With `remove` (a sign
+    name), every image showing that sign also gets its counterfactual beside it (`counterfactual_jobs`), listed in
+    _synth/counterfactuals.csv; its mask PNG's blue channel marks where the removed sign would be."""
     prepare_root(root, force)
     start = time.perf_counter()
     write_meta(root, seed, per_site, size, {})  # early, so a crashed run can be replaced with --force
@@ -293,15 +314,22 @@ def generate(root: Path, per_site: int, size: int, seed: int, workers: int, forc
         parts, tables = _plan_sites(seed, per_site, size)
         templates, aspects = pending.result()
     jobs = [job for site in SITES for job in parts[site][0]]
+    jobs += counterfactual_jobs(jobs, remove) if remove else []
     write_record(root, jobs)
     prepared = time.perf_counter()
     with Pool(workers, initializer=_init_worker, initargs=(templates, aspects, str(root))) as pool:
         results = list(tqdm(pool.imap(_render_and_save, jobs, chunksize=8), total=len(jobs), desc="synth", unit="img"))
     rendered = time.perf_counter()
     write_tables(root, *tables)
-    write_ground_truth(root, results, {site: parts[site][1] for site in SITES})
+    counterfactuals = [r for r in results if "counterfactual" in r]
+    originals = [r for r in results if "counterfactual" not in r]
+    write_ground_truth(root, originals, {site: parts[site][1] for site in SITES})
+    if remove:
+        pd.DataFrame(counterfactuals, columns=["path", "counterfactual", "removed", "mask"]).to_csv(
+            root / COUNTERFACTUALS, index=False)
     summary = {
-        "images": len(jobs),
+        "images": len(jobs) - len(counterfactuals),
+        "counterfactuals": len(counterfactuals),
         "prepare_s": round(prepared - start, 1),
         "render_s": round(rendered - prepared, 1),
         "total_s": round(time.perf_counter() - start, 1),
