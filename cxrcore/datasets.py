@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from cxrcore.findings import apply_policy
+from cxrcore.findings import PATIENT_TARGETS, apply_policy, patient_targets
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,28 @@ def _features(manifest: pd.DataFrame) -> np.ndarray:
     return np.stack([age.to_numpy() / 100.0, sex.to_numpy(), projection.to_numpy()], axis=1).astype(np.float32)
 
 
+def _targets(manifest: pd.DataFrame, names: Sequence[str], policy: str | Mapping[str, str]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, mask) (N, K) in the order of `names`: findings under the policy, patient targets from their
+    columns (cxrcore.findings.patient_targets)."""
+    findings = [n for n in names if n not in PATIENT_TARGETS]
+    patient = [n for n in names if n in PATIENT_TARGETS]
+    if not patient:
+        return apply_policy(manifest[findings].to_numpy(), policy, findings, manifest["path"].tolist())
+    targets = np.zeros((len(manifest), len(names)), dtype=np.float32)
+    mask = np.zeros_like(targets)
+    parts = [(patient, patient_targets(manifest, patient))]
+    if findings:
+        finding_part = apply_policy(manifest[findings].to_numpy(), policy, findings, manifest["path"].tolist())
+        if finding_part[0].dtype != np.float32:
+            raise ValueError("patient targets (age, sex, projection) cannot be mixed with the u-multiclass policy")
+        parts.append((findings, finding_part))
+    for chosen, (values, counted) in parts:
+        columns = [names.index(n) for n in chosen]
+        targets[:, columns], mask[:, columns] = values, counted
+    return targets, mask
+
+
 class ManifestDataset(Dataset):
     """Images and policy-mapped labels of a manifest; items are dicts (see the item contract in the book)."""
 
@@ -184,7 +206,7 @@ class ManifestDataset(Dataset):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        missing = [f for f in findings if f not in manifest.columns]
+        missing = [f for f in findings if f not in manifest.columns and f not in PATIENT_TARGETS]
         if missing:
             raise ValueError(f"findings {missing} are not columns of the manifest ({list(manifest.columns)})")
         self.data_root = Path(data_root)
@@ -203,8 +225,7 @@ class ManifestDataset(Dataset):
         self.image_size = int(image_size)
         self.channels = channels
         self.augment = _resolve_augment(augment)
-        targets, mask = apply_policy(manifest[self.findings].to_numpy(), policy, self.findings,
-                                     manifest["path"].tolist())
+        targets, mask = _targets(manifest, self.findings, policy)
         self.targets = torch.from_numpy(targets)  # (N, K) float32, or int64 class indices for u-multiclass
         self.mask = torch.from_numpy(mask)  # (N, K) float32
         self.features = torch.from_numpy(_features(manifest))  # (N, 3)

@@ -20,6 +20,7 @@ Conventions, and why:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -93,6 +94,16 @@ ALL_FINDINGS = list(dict.fromkeys([*CHEXPERT_FINDINGS, *NIH_HARMONIZED]))
 
 POLICIES = ("u-ignore", "u-zeros", "u-ones", "u-multiclass")
 ALLOWED_VALUES = (1.0, 0.0, -1.0)  # plus NaN
+
+# Patient targets (paper 001, section 3: age, sex and view position read off the image). A run config lists them
+# with (or instead of) findings; their targets come from the manifest's own columns, not from finding columns:
+# age: years / AGE_SCALE, regressed through the same sigmoid output (binary cross entropy with the scaled age as
+# a soft target has its minimum at the true age), reported back in years; sex: 1 male, 0 female (U not counted);
+# projection: 1 AP, 0 PA (paper 001 encodes AP as true; lateral projections are not counted).
+PATIENT_TARGETS = ("age", "sex", "projection")
+REGRESSION_TARGETS = ("age",)
+AGE_SCALE = 100.0  # ages above it are not counted (ChestX-ray14's few ages over 100 are typing errors, e.g. 414)
+_BINARY_PATIENT_CODES = {"sex": ("sex", {"M": 1.0, "F": 0.0}), "projection": ("projection", {"AP": 1.0, "PA": 0.0})}
 
 
 def harmonize(name: str) -> str:
@@ -174,4 +185,42 @@ def apply_policy(
             targets[uncertain[:, k], k] = 1.0
         elif name == "u-ignore":
             mask[uncertain[:, k], k] = 0.0
+    return targets, mask
+
+
+def is_regression(name: str) -> bool:
+    """Whether a target is regressed (age) rather than classified (findings, sex, projection)."""
+    return name in REGRESSION_TARGETS
+
+
+def target_scale(name: str) -> float:
+    """What a target's model output (a sigmoid in [0, 1]) is multiplied by to give its value: AGE_SCALE for age."""
+    return AGE_SCALE if name == "age" else 1.0
+
+
+def patient_targets(table: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, mask), each (N, K) float32, of patient targets from a manifest's age, sex and projection columns.
+
+    A value that cannot count (age missing or above AGE_SCALE, sex U, a lateral projection) gets mask 0; ages above
+    AGE_SCALE are named in a warning, since they are errors in the source rather than old patients."""
+    targets = np.zeros((len(table), len(names)), dtype=np.float32)
+    mask = np.zeros_like(targets)
+    for k, name in enumerate(names):
+        if name == "age":
+            age = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=float)
+            too_old = age > AGE_SCALE
+            if too_old.any():
+                first = table["path"].to_numpy()[too_old][:3].tolist() if "path" in table else []
+                warnings.warn(f"{int(too_old.sum())} image(s) with an age above {AGE_SCALE:g} not counted as age "
+                              f"targets (source errors?), e.g. {first}", UserWarning, stacklevel=2)
+            counted = np.isfinite(age) & ~too_old
+            targets[counted, k] = age[counted] / AGE_SCALE
+        elif name in _BINARY_PATIENT_CODES:
+            column, codes = _BINARY_PATIENT_CODES[name]
+            coded = table[column].map(codes).to_numpy(dtype=float)
+            counted = np.isfinite(coded)
+            targets[counted, k] = coded[counted]
+        else:
+            raise ValueError(f"{name!r} is not a patient target; patient targets are {list(PATIENT_TARGETS)}")
+        mask[counted, k] = 1.0
     return targets, mask

@@ -84,9 +84,11 @@ def _class_names(y_true: ArrayLike, names: Sequence[str] | None, k: int) -> list
 
 
 def _prepare(
-    y_true: ArrayLike, y_score: ArrayLike, mask: ArrayLike | None, names: Sequence[str] | None
+    y_true: ArrayLike, y_score: ArrayLike, mask: ArrayLike | None, names: Sequence[str] | None,
+    regression: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Validated (labels, scores, counted, names): labels/scores (N, K) float, counted (N, K) bool."""
+    """Validated (labels, scores, counted, names): labels/scores (N, K) float, counted (N, K) bool; labels are 0 or
+    1 where counted, except in the `regression` classes (e.g. age in years)."""
     labels, scores = _as_matrix(y_true, "y_true"), _as_matrix(y_score, "y_score")
     if labels.shape != scores.shape:
         raise ValueError(f"y_true shape {labels.shape} differs from y_score shape {scores.shape}")
@@ -98,6 +100,8 @@ def _prepare(
         counted &= mask_matrix > 0
     class_names = _class_names(y_true, names, labels.shape[1])
     for k, name in enumerate(class_names):
+        if name in regression:
+            continue
         bad_labels = np.setdiff1d(np.unique(labels[counted[:, k], k]), [0.0, 1.0])
         if bad_labels.size:
             raise ValueError(f"class {name!r}: labels must be 0 or 1 where counted, found {bad_labels.tolist()}")
@@ -331,9 +335,11 @@ def predictions_frame(
     findings: Sequence[str],
     ids: pd.DataFrame | Mapping[str, Sequence] | None = None,
     mask: ArrayLike | None = None,
+    regression: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Per-image predictions table: id columns, label columns (NaN where not counted) and `<finding>_score` columns."""
-    labels, scores, counted, names = _prepare(y_true, y_score, mask, list(findings))
+    """Per-image predictions table: id columns, label columns (NaN where not counted) and `<finding>_score` columns
+    (for `regression` targets such as age, the value and the predicted value)."""
+    labels, scores, counted, names = _prepare(y_true, y_score, mask, list(findings), regression)
     table = pd.DataFrame(ids).reset_index(drop=True) if ids is not None else pd.DataFrame(index=range(len(labels)))
     if len(table) != len(labels):
         raise ValueError(f"ids has {len(table)} rows for {len(labels)} predictions")
@@ -555,6 +561,19 @@ def mae(y: ArrayLike, y_hat: ArrayLike) -> float:
     if truth.shape != predicted.shape or not (np.isfinite(truth).all() and np.isfinite(predicted).all()):
         raise ValueError(f"mae needs finite arrays of equal length, got {truth.size} and {predicted.size}")
     return float(mean_absolute_error(truth, predicted))
+
+
+def target_metrics(y_true: ArrayLike, y_score: ArrayLike, mask: ArrayLike | None, names: Sequence[str],
+                   regression: Sequence[str] = ()) -> tuple[pd.Series, pd.Series]:
+    """(AUROC of each classified target, MAE of each `regression` target) over their counted rows; an undefined
+    AUROC (one label value) or a regression target with no counted row is NaN."""
+    labels, scores, counted, names = _prepare(y_true, y_score, mask, list(names), regression)
+    classified = [k for k, name in enumerate(names) if name not in regression]
+    aurocs = auroc_per_class(np.where(counted, labels, np.nan)[:, classified], scores[:, classified],
+                             names=[names[k] for k in classified]) if classified else pd.Series(dtype=float)
+    errors = {names[k]: mae(labels[counted[:, k], k], scores[counted[:, k], k]) if counted[:, k].any() else np.nan
+              for k, name in enumerate(names) if name in regression}
+    return aurocs, pd.Series(errors, dtype=float, name="mae")
 
 
 # ---------------------------------------------------------------------------------------------- chapter table

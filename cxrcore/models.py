@@ -25,7 +25,8 @@ from cxrcore.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("densenet121", "resnet18", "resnet38", "resnet50", "resnet101", "vgg16")
+ARCHS = ("densenet121", "resnet18", "resnet38", "resnet50", "resnet101", "vgg16", "metadata")
+METADATA_HIDDEN = 32  # paper 001's "very simple MLP" on age, sex and view position (its size is not given)
 HEADS = ("linear", "paper003", "multiclass3")
 # Bottleneck blocks per stage (conv2_x..conv5_x). ResNet-38 (paper 001, section 2.2): conv2_x, conv3_x, conv4_x
 # reduced to 2, 2, 3 blocks *after* each stage's down-sampling block conv3_0 / conv4_0 (Table 1 counts those
@@ -111,6 +112,32 @@ class CXRNet(nn.Module):
         return self
 
 
+class MetadataNet(nn.Module):
+    """Paper 001's baseline without the image: an MLP on the non-image features (B, M) -> logits (B, K).
+
+    It takes (and ignores) the images like every model of the book, so the same runner, loop and metrics serve it;
+    what it scores says how much of a finding age, sex and projection alone give away."""
+
+    def __init__(self, num_classes: int, meta_features: int, hidden: int = METADATA_HIDDEN,
+                 config: dict | None = None) -> None:
+        super().__init__()
+        if meta_features < 1:
+            raise ValueError("the metadata-only model needs non-image features (meta_features >= 1)")
+        self.num_classes = num_classes
+        self.meta_features = meta_features
+        self.head_kind = "linear"
+        self.frozen_backbone = False
+        self.config = dict(config or {})
+        self.weights_report: WeightsReport | None = None
+        self.head = nn.Sequential(nn.Linear(meta_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K) from the non-image features (B, M); the images x are not looked at."""
+        if features is None:
+            raise ValueError("the metadata-only model reads non-image features only: call model(x, features)")
+        return self.head(features.float())
+
+
 def _first_conv(in_channels: int, conv: nn.Conv2d) -> nn.Conv2d:
     return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                      bias=conv.bias is not None)
@@ -180,13 +207,22 @@ def _backbone(arch: str, channels: int, large: bool) -> tuple[nn.Sequential, int
 
 def build_model(arch: str, num_classes: int, *, channels: int = 3, large: bool = False, meta_features: int = 0,
                 head: str = "linear", weights: str | Path | None = None, freeze_backbone: bool = False,
-                head_hidden: int = PAPER003_HIDDEN, seed: int | None = None) -> CXRNet:
-    """A CXRNet; `weights` None (random), "imagenet" (local torch hub cache only) or a checkpoint path."""
+                head_hidden: int = PAPER003_HIDDEN, seed: int | None = None) -> CXRNet | MetadataNet:
+    """A CXRNet (or, for arch "metadata", a MetadataNet); `weights` None (random), "imagenet" (local torch hub
+    cache only) or a checkpoint path."""
     arch = arch.lower()
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}: expected 1 or 3")
     config = {"arch": arch, "num_classes": num_classes, "channels": channels, "large": large,
               "meta_features": meta_features, "head": head, "head_hidden": head_hidden}
+    if arch == "metadata":
+        if head != "linear" or weights is not None or freeze_backbone or large:
+            raise ValueError("arch='metadata' (an MLP on age, sex and projection) has no backbone: it takes "
+                             "head='linear', no weights, no frozen backbone and no large input")
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return MetadataNet(num_classes, meta_features, config=config)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         if seed is not None:
             torch.manual_seed(seed)
@@ -376,8 +412,8 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
     return atomic_save(payload, Path(path))
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> CXRNet:
-    """Rebuild a CXRNet saved by `save_model` (weights_only=True)."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> CXRNet | MetadataNet:
+    """Rebuild a CXRNet (or MetadataNet) saved by `save_model` (weights_only=True)."""
     checkpoint = load_checkpoint_file(path, pointed_by=f"load_model was given {str(path)!r}",
                                       fix="load a model.pt that save_model wrote (a finished run's model.pt)",
                                       map_location=map_location)

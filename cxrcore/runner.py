@@ -38,9 +38,9 @@ import pandas as pd
 import cxrcore
 from cxrcore.atomic import atomic_write
 from cxrcore.features import HeadOnly, feature_loaders
-from cxrcore.findings import ALL_FINDINGS, NIH_TO_HARMONIZED, resolve_policy
+from cxrcore.findings import ALL_FINDINGS, NIH_TO_HARMONIZED, PATIENT_TARGETS, is_regression, resolve_policy
 from cxrcore.manifest import FINAL_SPLITS, VIEWS, copies, load_manifest
-from cxrcore.metrics import auroc_per_class, score_column
+from cxrcore.metrics import score_column, target_metrics
 from cxrcore.models import ARCHS, HEADS, build_model, load_model, save_model
 from cxrcore.presets import (
     SMOKE_TRAIN_SHARE,
@@ -120,12 +120,13 @@ def _names(where: str, value: object, example: str) -> list[str]:
 
 def _findings(value: object) -> list[str]:
     findings = _names("findings", value, '["Atelectasis", "Cardiomegaly"]')
-    unknown = [f for f in findings if f not in ALL_FINDINGS]
+    unknown = [f for f in findings if f not in ALL_FINDINGS and f not in PATIENT_TARGETS]
     if unknown:
         hints = [f"{f!r} is {NIH_TO_HARMONIZED[f]!r}" for f in unknown if f in NIH_TO_HARMONIZED]
         raise ValueError(f"run config findings: unknown finding(s) {unknown}"
                          + (f" (harmonized: {', '.join(hints)})" if hints else "")
-                         + f"; a manifest's findings are named {ALL_FINDINGS}")
+                         + f"; a manifest's findings are named {ALL_FINDINGS}, and the patient targets "
+                         f"{list(PATIENT_TARGETS)}")
     return findings
 
 
@@ -213,9 +214,10 @@ def _overrides(value: object, preset: str, large: bool) -> dict:
 
 
 def _policy(value: object, findings: list[str]) -> list[str]:
-    """One policy name per finding (cxrcore.findings.resolve_policy), its errors naming the config field."""
+    """One policy name per finding (cxrcore.findings.resolve_policy; patient targets have none), its errors naming
+    the config field."""
     try:
-        return resolve_policy(value, findings)
+        return resolve_policy(value, [f for f in findings if f not in PATIENT_TARGETS])
     except (TypeError, ValueError) as err:
         raise ValueError(f"run config policy={value!r}: {err} (a name, or an object finding -> name)") from err
 
@@ -230,7 +232,7 @@ class RunConfig:
     """
 
     manifest: str  # manifest CSV (cxrcore.manifest schema)
-    findings: list[str]
+    findings: list[str]  # findings, and/or patient targets (cxrcore.findings.PATIENT_TARGETS: age, sex, projection)
     data_root: str | None = None  # image paths are relative to it (required to run; not part of the key)
     policy: str | dict = "u-ones"  # u-ones | u-zeros | u-ignore | u-multiclass, or {finding: policy}
     arch: str = "densenet121"
@@ -297,7 +299,16 @@ class RunConfig:
         if self.feature_cache and not self.freeze_backbone:
             raise ValueError("feature_cache=True needs freeze_backbone=True: only a frozen backbone's features are "
                              "the same every epoch")
-        if (self.head == "multiclass3") != (policies[0] == "u-multiclass"):
+        if self.arch.lower() == "metadata" and not (self.meta and self.weights is None and not self.freeze_backbone
+                                                     and self.head == "linear" and not self.uses_large):
+            raise ValueError("arch='metadata' (paper 001's MLP on age, sex and projection, no image) needs meta=True, "
+                             "weights=null, freeze_backbone=false, head='linear' and no large input")
+        patient = [f for f in self.findings if f in PATIENT_TARGETS]
+        if patient and (self.meta or self.head == "multiclass3" or self.loss_weighting != "none"):
+            raise ValueError(f"patient targets {patient} train with meta=False (a -meta model is given them as "
+                             "input), the linear or paper003 head and loss_weighting='none'; got "
+                             f"meta={self.meta}, head={self.head!r}, loss_weighting={self.loss_weighting!r}")
+        if policies and (self.head == "multiclass3") != (policies[0] == "u-multiclass"):
             raise ValueError("head='multiclass3' and policy 'u-multiclass' (targets 0/1/2) go together; "
                              f"got head={self.head!r} with policy={self.policy!r}")
         if self.loss_weighting == "paper002" and self.head != "multiclass3":
@@ -578,7 +589,9 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
                           split="test")
     labels = predictions[config.findings]  # NaN where a label does not count (uncertain under u-multiclass)
     scores = predictions[[score_column(f) for f in config.findings]].to_numpy()
-    aurocs = auroc_per_class(labels.fillna(0).to_numpy(), scores, labels.notna().to_numpy(), config.findings).to_dict()
+    regression = [f for f in config.findings if is_regression(f)]
+    aurocs, maes = target_metrics(labels.to_numpy(), scores, None, config.findings, regression)
+    aurocs = aurocs.to_dict()
     history.table.to_csv(work / "history.csv", index=False)
     predictions.to_csv(work / "predictions.csv", index=False)
     save_model(model, work / "model.pt", extra={"findings": list(config.findings), "best_epoch": history.best_epoch})
@@ -586,6 +599,7 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
     aurocs = {name: None if np.isnan(value) else float(value) for name, value in aurocs.items()}  # JSON: null
     valid_aurocs = [v for v in aurocs.values() if v is not None]
     return {"test_auroc": aurocs, "test_mean_auroc": float(np.mean(valid_aurocs)) if valid_aurocs else None,
+            "test_mae": {name: None if np.isnan(value) else float(value) for name, value in maes.items()},
             "best_epoch": history.best_epoch, "select_by": history.select_by,
             "images": {"train": len(train), "valid": len(valid), "test": len(test)},
             "normalization": {"mean": train.mean, "std": train.std},
@@ -760,6 +774,8 @@ def main(args: argparse.Namespace) -> int:
     print(result.history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for name, value in result.metrics["test_auroc"].items():
         print(f"test AUROC {name}: {value:.3f}" if value is not None else f"test AUROC {name}: undefined")
+    for name, value in result.metrics.get("test_mae", {}).items():
+        print(f"test MAE {name}: {value:.2f}" if value is not None else f"test MAE {name}: undefined")
     mean = result.metrics["test_mean_auroc"]
     print(f"test mean AUROC: {mean:.3f}" if mean is not None else "test mean AUROC: undefined")
     return 0

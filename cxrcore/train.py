@@ -25,7 +25,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cxrcore.losses import masked_bce, multiclass_ce
-from cxrcore.metrics import auroc_per_class, predictions_frame
+from cxrcore.findings import is_regression, target_scale
+from cxrcore.metrics import predictions_frame, target_metrics
 from cxrcore.models import atomic_save, probabilities, unwrap
 
 SELECT_BY = ("val_loss", "mean_auroc", "last")
@@ -81,7 +82,8 @@ class TrainConfig:
 
 @dataclass
 class History:
-    """Per-epoch table (epoch, loss, val_loss, auroc_<finding>..., mean_auroc, lr, images_per_s, seconds)."""
+    """Per-epoch table (epoch, loss, val_loss, auroc_<finding>..., mae_<regression target> (age, in years)...,
+    mean_auroc, lr, images_per_s, seconds)."""
 
     table: pd.DataFrame
     best_epoch: int
@@ -260,6 +262,14 @@ def _binary_view(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
     return target, mask
 
 
+def _in_units(names: Sequence[str], target: np.ndarray, prob: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Targets and outputs (N, K) in each target's units (age in years, the rest as they are), and the names of
+    the regression targets among `names`."""
+    scale = np.array([target_scale(name) for name in names], dtype=float)  # (K,)
+    return target * scale, prob * scale, [name for name in names if is_regression(name)]
+
+
 def predict(model: nn.Module, loader: DataLoader, *, class_names: Sequence[str] | None = None,
             device: str | torch.device = "auto", precision: str = "auto", split: str = "predicted") -> pd.DataFrame:
     """Per-image table in cxrcore.metrics' format: path, patient_id, study_id, <finding> (label 0/1, NaN where not
@@ -273,7 +283,8 @@ def predict(model: nn.Module, loader: DataLoader, *, class_names: Sequence[str] 
     out = _collect(model, loader, device, autocast=autocast, channels_last=False, split=split)
     names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(out["prob"].shape[1])]
     target, mask = _binary_view(out["target"], out["mask"])
-    return predictions_frame(target, out["prob"], names, ids=out["ids"], mask=mask)
+    target, prob, regression = _in_units(names, target, out["prob"])
+    return predictions_frame(target, prob, names, ids=out["ids"], mask=mask, regression=regression)
 
 
 # ---------------------------------------------------------------- training
@@ -444,12 +455,13 @@ class _Trainer:
             names = self.class_names or [f"class_{k}" for k in range(out["prob"].shape[1])]
             self.class_names = names
             target, mask = _binary_view(out["target"], out["mask"])
+            target, prob, regression = _in_units(names, target, out["prob"])
             with warnings.catch_warnings():  # an undefined AUROC is recorded as NaN in the history table
                 warnings.simplefilter("ignore")
-                aurocs = auroc_per_class(target, out["prob"], mask, names).to_dict()
-            values = [v for v in aurocs.values() if not math.isnan(v)]
-            payload = [{"val_loss": out["loss"], "val_counted": out["counted"], "aurocs": aurocs,
-                        "mean_auroc": float(np.mean(values)) if values else float("nan")}]
+                aurocs, maes = target_metrics(target, prob, mask, names, regression)
+            values = [v for v in aurocs.to_numpy() if not math.isnan(v)]
+            payload = [{"val_loss": out["loss"], "val_counted": out["counted"], "aurocs": aurocs.to_dict(),
+                        "maes": maes.to_dict(), "mean_auroc": float(np.mean(values)) if values else float("nan")}]
         if self.distributed:
             dist.broadcast_object_list(payload, src=0)
         return payload[0]
@@ -466,6 +478,7 @@ class _Trainer:
                 self.scheduler.step(val["val_loss"])
             record = {"epoch": epoch, "loss": loss, "val_loss": val["val_loss"],
                       **{f"auroc_{name}": value for name, value in val["aurocs"].items()},
+                      **{f"mae_{name}": value for name, value in val["maes"].items()},
                       "mean_auroc": val["mean_auroc"], "lr": lr, "images_per_s": images_per_s,
                       "seconds": time.perf_counter() - epoch_start}
             self.records.append(record)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cli import dispatch
+from cxrcore.findings import patient_targets
 from cxrcore.metrics import score_column
 from cxrcore.models import build_model
 from cxrcore.presets import SMOKE_MAX_EPOCHS, SMOKE_TRAIN_SHARE
@@ -239,3 +240,57 @@ def test_the_large_preset_builds_the_large_network(site, tmp_path):
     assert len(large.predictions) == len(plain.predictions) == 6
     with pytest.raises(ValueError, match="image_size"):  # "-large" needs twice the smallest input
         RunConfig.from_dict(_config(root, manifest, preset="paper001-large", overrides={"image_size": 32}))
+
+
+def test_patient_targets_come_from_the_manifests_columns():
+    """Age in years / 100, sex 1 = male, projection 1 = AP; what cannot count is masked, ages over 100 named."""
+    table = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"], "age": [30.0, np.nan, 414.0, 100.0],
+                          "sex": ["M", "F", "U", "M"], "projection": ["AP", "PA", "LL", "AP"]})
+    with pytest.warns(UserWarning, match=r"1 image\(s\) with an age above 100.*c\.png"):
+        targets, mask = patient_targets(table, ["projection", "age", "sex"])
+    np.testing.assert_allclose(targets, [[1, 0.3, 1], [0, 0, 0], [0, 0, 0], [1, 1.0, 1]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 0, 1], [0, 0, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match="'weight' is not a patient target"):
+        patient_targets(table, ["weight"])
+
+
+def test_age_sex_and_projection_train_as_targets(site, tmp_path):
+    """Paper 001's patient targets through the manifest, dataset, loss and metrics: age regressed (MAE in years),
+    sex and projection classified (AUROC), alone or beside findings."""
+    root, manifest = site
+    result = run(_config(root, manifest, findings=["age", "sex", "projection", "Cardiomegaly"]),
+                 runs_dir=tmp_path / "runs")
+    table = pd.read_csv(manifest)
+    test = table[table["split"] == "test"].set_index("path")
+    predictions = result.predictions.set_index("path")
+    np.testing.assert_allclose(predictions["age"], test.loc[predictions.index, "age"])  # years, not scaled
+    assert predictions[score_column("age")].between(0, 100).all()
+    expected_mae = (predictions["age"] - predictions[score_column("age")]).abs().mean()
+    assert result.metrics["test_mae"]["age"] == pytest.approx(expected_mae)
+    assert set(result.metrics["test_auroc"]) == {"sex", "projection", "Cardiomegaly"}  # no AUROC of an age
+    np.testing.assert_array_equal(predictions["projection"], (test.loc[predictions.index, "projection"] == "AP"))
+    assert {"mae_age", "auroc_sex", "auroc_projection"} <= set(result.history.columns)
+    assert "auroc_age" not in result.history.columns
+
+
+def test_patient_targets_and_the_metadata_only_model_fail_clearly(site):
+    root, manifest = site
+    with pytest.raises(ValueError, match=r"patient targets \['age'\] train with meta=False"):
+        RunConfig.from_dict(_config(root, manifest, findings=["age"], meta=True))
+    with pytest.raises(ValueError, match="unknown finding.*patient targets"):
+        RunConfig.from_dict(_config(root, manifest, findings=["Age"]))
+    with pytest.raises(ValueError, match="arch='metadata'.*needs meta=True"):
+        RunConfig.from_dict(_config(root, manifest, arch="metadata"))
+
+
+def test_the_metadata_only_model_reads_age_sex_and_projection_not_the_image(site, tmp_path):
+    """Paper 001's MLP baseline: its scores are the same for two images with the same age, sex and projection."""
+    root, manifest = site
+    result = run(_config(root, manifest, arch="metadata", meta=True), runs_dir=tmp_path / "runs")
+    net = result.load_model().eval()
+    features = torch.tensor([[0.5, 1.0, 0.0], [0.5, 1.0, 0.0], [0.7, 0.0, 1.0]])
+    with torch.no_grad():
+        scores = net(torch.rand(3, 1, 32, 32), features)
+    torch.testing.assert_close(scores[0], scores[1])
+    assert not torch.equal(scores[0], scores[2])
+    assert set(result.metrics["test_auroc"]) == set(FINDINGS) and result.metrics["test_mae"] == {}
