@@ -86,7 +86,7 @@ _vendor/.complete-2:
 vendor: _vendor/.complete-2  ## local copies of MathJax, require.js and the widget manager (offline site)
 
 $(CXR_DATA_ROOT)/.complete: | $(STAMP)
-	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT)
+	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT) --counterfactual remove=drain
 
 data: $(CXR_DATA_ROOT)/.complete  ## make the embedded demo data if missing
 

@@ -511,10 +511,13 @@ def _spearman_of(vectors: list[np.ndarray]) -> np.ndarray:
     return np.array([[1.0, rho], [rho, 1.0]]) if np.ndim(rho) == 0 else np.asarray(rho)
 
 
-def paired_tests(auc_a: ArrayLike, auc_b: ArrayLike) -> dict[str, float]:
+def paired_tests(auc_a: ArrayLike, auc_b: ArrayLike, alternative: str = "two-sided",
+                 wilcoxon_method: str = "auto") -> dict[str, float]:
     """Paired t-test and Wilcoxon signed-rank test of two models' AUROCs over the same classes (paper 000).
 
     Series are aligned on their index; pairs with a NaN are left out with a warning that names them.
+    `alternative` ("two-sided", "greater": a > b, "less") and `wilcoxon_method` ("auto", "exact", "approx") are
+    scipy's; paper 000's reported p-values are one-sided normal-approximation ones ("greater", "approx").
     Returns n, mean_diff (a - b), t, t_p, wilcoxon, wilcoxon_p.
     """
     if isinstance(auc_a, pd.Series) and isinstance(auc_b, pd.Series):
@@ -530,8 +533,8 @@ def paired_tests(auc_a: ArrayLike, auc_b: ArrayLike) -> dict[str, float]:
     a, b = a[~incomplete].to_numpy(float), b[~incomplete].to_numpy(float)
     if a.size < 2:
         raise ValueError(f"paired tests need at least 2 complete pairs, got {a.size}")
-    t_test = stats.ttest_rel(a, b)
-    signed_rank = stats.wilcoxon(a, b)
+    t_test = stats.ttest_rel(a, b, alternative=alternative)
+    signed_rank = stats.wilcoxon(a, b, alternative=alternative, method=wilcoxon_method)
     return {"n": int(a.size), "mean_diff": float(np.mean(a - b)), "t": float(t_test.statistic),
             "t_p": float(t_test.pvalue), "wilcoxon": float(signed_rank.statistic),
             "wilcoxon_p": float(signed_rank.pvalue)}

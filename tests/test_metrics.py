@@ -190,6 +190,10 @@ def test_paired_tests_match_scipy_and_name_dropped_pairs():
     assert got["n"] == 5 and got["mean_diff"] == pytest.approx(np.mean(x - y))
     assert got["t_p"] == pytest.approx(stats.ttest_rel(x, y).pvalue)
     assert got["wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, y).pvalue)
+    with pytest.warns(UserWarning, match="F"):
+        greater = metrics.paired_tests(a, b, alternative="greater", wilcoxon_method="approx")
+    assert greater["t_p"] == pytest.approx(got["t_p"] / 2)  # a > b on average: half the two-sided p
+    assert greater["wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, y, alternative="greater", method="approx").pvalue)
 
 
 def test_mae():

@@ -26,6 +26,9 @@ EXPERIMENTS = {  # in the order `experiment all` starts them: the longest runs f
     "paper002": "cxrcore.experiments.paper002",
     "paper003": "cxrcore.experiments.paper003",
     "multisite": "cxrcore.experiments.multisite",
+    "paper001": "cxrcore.experiments.paper001",
+    "resampling": "cxrcore.experiments.resampling",
+    "shortcut": "cxrcore.experiments.shortcut",
 }
 # what `experiment all` trains: the experiments the book's chapters read
 BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002", "paper003", "multisite")

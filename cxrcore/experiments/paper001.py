@@ -1,0 +1,183 @@
+"""Experiment "paper001": Baltruschat et al.'s (paper 001) depth, resolution and patient data.
+
+* data: the ChestX-ray14 site, its 14 findings, the official test list with a 10 % patient-wise validation
+  carve-out (the source models' split; paper 001's Table 5). Paper 001's five resamplings are the experiment
+  "resampling" (`cxrcore.experiments.resampling`), its drain shortcut the experiment "shortcut".
+* recipe: paper 001's from-scratch setup for every run (one input channel, Adam, lr 1e-2, the learning rate halved
+  on plateaus, Inception-style crops, +-7 degrees, flips; "-large": twice the input side and the extra max-pool,
+  batch 8); in the quick profile every run trains on the same number of whole patients for the same epochs.
+* sections:
+
+  - depth: ResNet-38, -50 and -101;
+  - resolution: ResNet-50 against ResNet-50-large;
+  - patient data: ResNet-50 against ResNet-50-meta (age, sex and projection fused before the head), the
+    metadata-only MLP (no image), and age, sex and projection read from the image (one run, the three targets,
+    fine-tuned from the ResNet-50 findings model: paper 001 used its ResNet-50-large as the feature extractor).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrcore.experiments import source_models
+from cxrcore.experiments.tables import RESULT_COLUMNS, auroc_table, bootstrap_draws, result_row, scored_findings
+from cxrcore.findings import NIH_HARMONIZED, PATIENT_TARGETS
+from cxrcore.manifest import write_derived_manifest
+from cxrcore.metrics import auroc_per_class, bootstrap_auroc_ci, mae, score_column
+from cxrcore.models import build_model
+from cxrcore.runner import Result, run
+from cxrcore.settings import Settings, quick_sized
+
+NAME = "paper001"
+FINDINGS = list(NIH_HARMONIZED)
+PRESET = "paper001-scratch"
+LARGE_PRESET = "paper001-large"
+BASE = "ResNet-50"
+DEPTHS = {"ResNet-38": "resnet38", "ResNet-50": "resnet50", "ResNet-101": "resnet101"}
+SMALL_FOCAL = ("Nodule", "Mass")  # paper 001: the findings "-large" should help most (fractures are not labelled)
+QUICK_TRAIN_IMAGES = 1200  # training images of every run in the quick profile (whole patients)
+QUICK_EPOCHS = 5  # every run's epochs in the quick profile
+METADATA_IMAGE_SIZE = 32  # the metadata-only model does not look at its images: decode them as small as allowed
+SPLIT_SEED = 0
+SECTIONS = {
+    "depth": tuple(DEPTHS),
+    "resolution": (BASE, f"{BASE}-large"),
+    "patient data": (BASE, f"{BASE}-meta", "metadata only", "age, sex, projection"),
+}
+
+
+def official_manifest(settings: Settings) -> Path:
+    """The ChestX-ray14 official split with a validation carve-out: the source models' manifest."""
+    return source_models.source_manifest(settings.data_root, settings.runs_dir / "manifests")
+
+
+def run_config(manifest: Path, settings: Settings, *, arch: str = DEPTHS[BASE], large: bool = False,
+               meta: bool = False, findings: list[str] | None = None, weights: dict | None = None) -> dict:
+    """Paper 001's from-scratch recipe on one variant (one input channel; "-large" with its own preset)."""
+    quick = quick_sized(settings.profile)
+    overrides = {"epochs": QUICK_EPOCHS} if quick else {}
+    if arch == "metadata":
+        overrides["image_size"] = METADATA_IMAGE_SIZE
+    return {"manifest": str(manifest), "findings": findings or FINDINGS, "data_root": str(settings.data_root),
+            "arch": arch, "channels": 1, "preset": LARGE_PRESET if large else PRESET, "policy": "u-ones",
+            "meta": meta, "weights": weights, "seed": 0, "profile": settings.profile,
+            "max_train_images": QUICK_TRAIN_IMAGES if quick else None, "overrides": overrides}
+
+
+def configs(settings: Settings) -> dict[tuple[str, str], dict]:
+    """(section, arm) -> run config; the ResNet-50 of depth, resolution and patient data is one run."""
+    official = official_manifest(settings)
+    out = {("depth", name): run_config(official, settings, arch=arch) for name, arch in DEPTHS.items()}
+    base = out[("depth", BASE)]
+    out[("resolution", BASE)] = base
+    out[("resolution", f"{BASE}-large")] = run_config(official, settings, large=True)
+    out[("patient data", BASE)] = base
+    out[("patient data", f"{BASE}-meta")] = run_config(official, settings, meta=True)
+    out[("patient data", "metadata only")] = run_config(official, settings, arch="metadata", meta=True)
+    out[("patient data", "age, sex, projection")] = run_config(official, settings, findings=list(PATIENT_TARGETS),
+                                                               weights={"run": base})
+    return out
+
+
+def stages(settings: Settings) -> list[list[dict]]:
+    """Two stages: every run from random weights, then the patient targets fine-tuned from the ResNet-50."""
+    unique: dict[str, dict] = {}
+    for config in configs(settings).values():
+        unique.setdefault(repr(sorted(config.items())), config)
+    first = [c for c in unique.values() if c["weights"] is None]
+    return [first, [c for c in unique.values() if c["weights"] is not None]]
+
+
+def runs(settings: Settings) -> dict[tuple[str, str], Result]:
+    """(section, arm) -> finished run (trained on demand through the run cache)."""
+    return {key: run(config, runs_dir=settings.runs_dir) for key, config in configs(settings).items()}
+
+
+def finding_runs(finished: dict[tuple[str, str], Result]) -> dict[tuple[str, str], Result]:
+    """The runs that predict findings (all but the patient-target run)."""
+    return {key: result for key, result in finished.items() if key[1] != "age, sex, projection"}
+
+
+def results(settings: Settings) -> pd.DataFrame:
+    """One row per finding model (RESULT_COLUMNS), the arm named "section: arm"; shared runs appear once each."""
+    draws = bootstrap_draws(settings)
+    rows = [result_row(NAME, arm, section, result, FINDINGS, draws)
+            for (section, arm), result in finding_runs(runs(settings)).items()]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def parameters(arch: str, large: bool = False, meta: bool = False) -> int:
+    """Trainable parameters of a variant with paper 001's 14 outputs and one input channel."""
+    net = build_model(arch, len(FINDINGS), channels=1, large=large, meta_features=3 if meta else 0)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def depth_table(finished: dict[tuple[str, str], Result], n_boot: int) -> pd.DataFrame:
+    """Per depth: parameters, seconds per epoch, mean test AUROC with its 95 % patient-bootstrap interval."""
+    rows = {}
+    for name, arch in DEPTHS.items():
+        result = finished[("depth", name)]
+        mean = auroc_table(result, FINDINGS, n_boot).loc["Mean"]
+        rows[name] = {"parameters (M)": parameters(arch) / 1e6,
+                      "seconds per epoch": float(result.history["seconds"].mean()),
+                      "mean AUROC": mean["auroc"], "low": mean["low"], "high": mean["high"]}
+    return pd.DataFrame(rows).T.astype(float)
+
+
+def per_finding(finished: dict[tuple[str, str], Result], section: str, n_boot: int) -> pd.DataFrame:
+    """Finding x arm test AUROC of a section's runs (findings with enough positives in every arm's test set)."""
+    arms = {arm: result for (part, arm), result in finished.items() if part == section}
+    tables = {arm: auroc_table(result, FINDINGS, n_boot) for arm, result in arms.items() if
+              result.config["run"]["findings"] == FINDINGS}
+    return pd.DataFrame({arm: table["auroc"] for arm, table in tables.items()}).astype(float).dropna()
+
+
+def resolution_table(finished: dict[tuple[str, str], Result], n_boot: int) -> pd.DataFrame:
+    """Per finding: AUROC of ResNet-50 and ResNet-50-large, the gain, and whether it is a small focal sign."""
+    table = per_finding(finished, "resolution", n_boot)
+    table = table.assign(gain=table[f"{BASE}-large"] - table[BASE])
+    return table.assign(small_focal=table.index.isin(SMALL_FOCAL)).sort_values("gain", ascending=False)
+
+
+def patient_target_table(result: Result, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Age MAE (years, with a patient-bootstrap interval), and sex and projection AUROC with intervals, read from
+    the image by the patient-target run."""
+    predictions = result.predictions
+    rows = {}
+    for target in ("sex", "projection"):
+        counted = predictions[target].notna()
+        interval = bootstrap_auroc_ci(predictions.loc[counted, [target]].to_numpy(),
+                                      predictions.loc[counted, [score_column(target)]].to_numpy(),
+                                      groups=predictions.loc[counted, "patient_id"].to_numpy(), n_boot=n_boot,
+                                      seed=seed, names=[target])
+        rows[target] = {"metric": "AUROC", "value": interval["auroc"].iloc[0], "low": interval["low"].iloc[0],
+                        "high": interval["high"].iloc[0]}
+    counted = predictions["age"].notna()
+    errors = (predictions.loc[counted, "age"] - predictions.loc[counted, score_column("age")]).abs().to_numpy()
+    rows["age"] = {"metric": "MAE (years)", "value": mae(predictions.loc[counted, "age"],
+                                                        predictions.loc[counted, score_column("age")]),
+                   **_bootstrap_mean(errors, predictions.loc[counted, "patient_id"].to_numpy(), n_boot, seed)}
+    return pd.DataFrame(rows).T
+
+
+def _bootstrap_mean(values: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """95 % patient-bootstrap interval of a mean of per-image values."""
+    rng = np.random.default_rng(seed)
+    patients, codes = np.unique(groups, return_inverse=True)
+    sums, counts = np.bincount(codes, weights=values), np.bincount(codes)
+    draws = []
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(patients), len(patients))
+        draws.append(sums[chosen].sum() / counts[chosen].sum())
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"low": float(low), "high": float(high)}
+
+
+def metadata_only_auroc(finished: dict[tuple[str, str], Result]) -> pd.Series:
+    """Per-finding test AUROC of the metadata-only MLP (findings with enough test positives)."""
+    predictions = finished[("patient data", "metadata only")].predictions
+    scored = scored_findings(predictions, FINDINGS)
+    return auroc_per_class(predictions[scored].to_numpy(), predictions[[score_column(f) for f in scored]].to_numpy(),
+                           names=scored)

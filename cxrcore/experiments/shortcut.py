@@ -1,0 +1,188 @@
+"""Experiment "shortcut": paper 001's chest-drain remark, measured on the synthetic ChestX-ray14 site.
+
+On the demo site, as in ChestX-ray14, most pneumothorax films show a chest drain (the treated cases;
+`data_prep.synth.plan.NIH_DRAIN_RATE`) and a few other films do too. `make data` renders every film with a drain
+a second time without it (`python -m data_prep synth --counterfactual remove=drain`): the same radiograph, every
+other pixel-generating choice unchanged.
+
+* "as published": the experiment paper001's ResNet-50 (official split, the films as they are; a shared run);
+* "drain-free training": the same recipe on the same patients, every training and validation film with a drain
+  replaced by its counterfactual: a model that never saw a drain during development.
+
+Both are scored on the untouched test split: pneumothorax AUROC on the positives with a drain and on those without,
+each against all negatives; Grad-CAM energy inside the drain and inside the pneumothorax; and the counterfactual,
+each test film with a drain scored again without it: the change of the model's score is the drain's causal effect.
+This part needs the synthetic site: no public dataset holds the same film with and without its drain.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrcore.cam import gradcam
+from cxrcore.experiments import paper001
+from cxrcore.experiments.evaluation import evaluate
+from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.manifest import load_manifest, write_derived_manifest
+from cxrcore.metrics import bootstrap_auroc_ci, resample_patients, score_column
+from cxrcore.runner import Result, run
+from cxrcore.settings import Settings
+from data_prep.synth.write import COUNTERFACTUALS
+
+NAME = "shortcut"
+FINDING = "Pneumothorax"
+SIGN = "drain"
+SITE = "nih"
+MODELS = ("as published", "drain-free training")
+GROUPS = ("positives with a drain", "positives without a drain", "all positives")
+MAX_GRADCAM_IMAGES = 24
+
+
+def counterfactual_paths(data_root: Path) -> pd.Series:
+    """Original image path -> its drain-free counterfactual's path (`_synth/counterfactuals.csv`)."""
+    table_path = Path(data_root) / COUNTERFACTUALS
+    if not table_path.is_file():
+        raise FileNotFoundError(
+            f"{table_path} not found: the shortcut lab needs the synthetic sites rendered with drain counterfactuals "
+            f"(`python -m data_prep synth --out {data_root} --force --counterfactual remove=drain`; `make data` "
+            "writes them). The real ChestX-ray14 has no counterfactual films: on it, run only the paper001 chapter's "
+            "other sections.")
+    table = pd.read_csv(table_path)
+    table = table[table["removed"] == SIGN]
+    return pd.Series(table["counterfactual"].to_numpy(), index=table["path"].to_numpy(), name="counterfactual")
+
+
+def drain_paths(data_root: Path) -> set[str]:
+    """The site's films with a drawn drain (`_synth/nih_signs.csv`)."""
+    signs = pd.read_csv(Path(data_root) / SYNTH_DIR / f"{SITE}_signs.csv")
+    return set(signs.loc[(signs["sign"] == SIGN) & (signs["drawn"] == 1), "path"])
+
+
+def _with_counterfactuals(table: pd.DataFrame, replace: pd.Series, splits: tuple[str, ...]) -> pd.DataFrame:
+    """The manifest with every film of `splits` that has a counterfactual replaced by it (labels unchanged)."""
+    chosen = table["split"].isin(splits) & table["path"].isin(replace.index)
+    return table.assign(path=table["path"].where(~chosen, table["path"].map(replace)))
+
+
+def drain_free_manifest(settings: Settings) -> Path:
+    """The official split with every training and validation film that shows a drain replaced by its
+    counterfactual; the test split as it is."""
+    table = load_manifest(paper001.official_manifest(settings))
+    cleaned = _with_counterfactuals(table, counterfactual_paths(settings.data_root), ("train", "valid"))
+    return write_derived_manifest(cleaned, settings.runs_dir / "manifests" / f"{NAME}_drain_free.csv")
+
+
+def counterfactual_test_manifest(settings: Settings) -> Path:
+    """The official split with every test film that shows a drain replaced by its counterfactual."""
+    table = load_manifest(paper001.official_manifest(settings))
+    cleaned = _with_counterfactuals(table, counterfactual_paths(settings.data_root), ("test",))
+    return write_derived_manifest(cleaned, settings.runs_dir / "manifests" / f"{NAME}_counterfactual_test.csv")
+
+
+def configs(settings: Settings) -> dict[str, dict]:
+    """Model name -> run config: paper001's ResNet-50, and its recipe on the drain-free development films."""
+    base = paper001.configs(settings)[("depth", paper001.BASE)]
+    return {MODELS[0]: base, MODELS[1]: {**base, "manifest": str(drain_free_manifest(settings))}}
+
+
+def stages(settings: Settings) -> list[list[dict]]:
+    """One stage: the two models are independent."""
+    return [list(configs(settings).values())]
+
+
+def runs(settings: Settings) -> dict[str, Result]:
+    """Model name -> finished run."""
+    return {name: run(config, runs_dir=settings.runs_dir) for name, config in configs(settings).items()}
+
+
+def results(settings: Settings) -> pd.DataFrame:
+    """One row per model (RESULT_COLUMNS): mean test AUROC over the 14 findings."""
+    draws = bootstrap_draws(settings)
+    rows = [result_row(NAME, paper001.BASE, name, result, paper001.FINDINGS, draws)
+            for name, result in runs(settings).items()]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def _auroc_row(predictions: pd.DataFrame, n_boot: int) -> dict:
+    """Pneumothorax AUROC with its patient-bootstrap interval over the given films."""
+    table = bootstrap_auroc_ci(predictions[[FINDING]].to_numpy(), predictions[[score_column(FINDING)]].to_numpy(),
+                               groups=predictions["patient_id"].to_numpy(), n_boot=n_boot, names=[FINDING])
+    return {"auroc": table["auroc"].iloc[0], "low": table["low"].iloc[0], "high": table["high"].iloc[0],
+            "positives": int((predictions[FINDING] == 1).sum()), "negatives": int((predictions[FINDING] == 0).sum())}
+
+
+def subgroup_table(predictions: pd.DataFrame, drains: set[str], n_boot: int) -> pd.DataFrame:
+    """Pneumothorax AUROC on the positives with a drain, on those without, and on all, each against all
+    negatives (with or without a drain), with 95 % patient-bootstrap intervals."""
+    labelled = predictions[predictions[FINDING].notna()]
+    with_drain = labelled["path"].isin(drains)
+    negatives = labelled[FINDING] == 0
+    chosen = {GROUPS[0]: negatives | with_drain, GROUPS[1]: negatives | ~with_drain, GROUPS[2]: negatives | ~negatives}
+    return pd.DataFrame({group: _auroc_row(labelled[rows], n_boot) for group, rows in chosen.items()}).T
+
+
+def counterfactual_scores(result: Result, settings: Settings) -> pd.DataFrame:
+    """Per test film with a drain: its pneumothorax label, the model's score on the film and on its counterfactual,
+    and the change (counterfactual minus original)."""
+    original = result.predictions.set_index("path")
+    replace = counterfactual_paths(settings.data_root)
+    replace = replace[replace.index.isin(original.index)]
+    without = evaluate(result, counterfactual_test_manifest(settings)).set_index("path")
+    table = pd.DataFrame({"patient_id": original.loc[replace.index, "patient_id"],
+                          FINDING: original.loc[replace.index, FINDING],
+                          "score": original.loc[replace.index, score_column(FINDING)],
+                          "score without the drain": without.loc[replace.to_numpy(), score_column(FINDING)].to_numpy()})
+    return table.assign(change=table["score without the drain"] - table["score"])
+
+
+def mean_change(scores: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Mean score change on removing the drain, for the positives and the negatives that had one, with 95 %
+    patient-bootstrap intervals (patients resampled with all their films)."""
+    rows = {}
+    for name, label in (("pneumothorax positives", 1.0), ("negatives", 0.0)):
+        group = scores[scores[FINDING] == label]
+        if group.empty:
+            continue
+        rng = np.random.default_rng(seed)
+        changes = group["change"].to_numpy()
+        draws = [changes[resample_patients(group["patient_id"].to_numpy(), rng)].mean() for _ in range(n_boot)]
+        low, high = np.percentile(draws, [2.5, 97.5])
+        rows[name] = {"films": len(group), "mean change": float(changes.mean()), "low": float(low),
+                      "high": float(high), "mean score with the drain": float(group["score"].mean())}
+    return pd.DataFrame(rows).T
+
+
+def counterfactual_auroc(result: Result, settings: Settings, n_boot: int) -> pd.DataFrame:
+    """Pneumothorax AUROC on the test split as it is and with every drain removed (the counterfactual films)."""
+    as_is = result.predictions
+    without = evaluate(result, counterfactual_test_manifest(settings))
+    return pd.DataFrame({"films as they are": _auroc_row(as_is[as_is[FINDING].notna()], n_boot),
+                         "drains removed": _auroc_row(without[without[FINDING].notna()], n_boot)}).T
+
+
+def gradcam_paths(result: Result, drains: set[str], limit: int = MAX_GRADCAM_IMAGES) -> list[str]:
+    """Test films that are pneumothorax positives with a drain (the first `limit`, in the test order)."""
+    predictions = result.predictions
+    chosen = predictions[(predictions[FINDING] == 1) & predictions["path"].isin(drains)]
+    return chosen["path"].tolist()[:limit]
+
+
+def gradcam_energy(finished: dict[str, Result], settings: Settings, paths: list[str]) -> pd.DataFrame:
+    """Per model: the share of its pneumothorax Grad-CAM energy inside the drain and inside the pneumothorax, on
+    positives with a drain, each beside the region's share of the image, and how many maps were all zero."""
+    rows = {}
+    for name, result in finished.items():
+        images = test_images(result, paths)
+        maps = gradcam(result.load_model(), images, paper001.FINDINGS.index(FINDING))
+        side = maps.shape[-1]
+        row = {"films": len(paths)}
+        for sign in (SIGN, "pneumothorax"):
+            scores = localisation_row(maps, sign_masks(settings.data_root, paths, sign, side), sign)
+            row[f"energy inside the {sign}"] = scores[f"energy inside the {sign}"]
+            row[f"{sign}'s share of the image"] = scores[f"{sign}'s share of the image"]
+            row["all-zero maps"] = scores["all-zero maps"]  # no positive evidence anywhere: not in the energies
+        rows[name] = row
+    return pd.DataFrame(rows).T
