@@ -283,3 +283,23 @@ def cam_grid(images: np.ndarray | torch.Tensor, maps: Mapping[str, np.ndarray], 
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def differences_against_spread(differences: pd.Series, fold_means: pd.Series, ax: Axes | None = None, *,
+                               title: str) -> Axes:
+    """Each comparison's difference of mean AUROC (bars) against the split-to-split spread of one model's mean AUROC
+    over resamplings: the band is +- (max - min) of `fold_means` around zero, the dotted lines +- one SD."""
+    ax = _axes(ax, (7, 0.45 * len(differences) + 1.6))
+    width, sd = float(fold_means.max() - fold_means.min()), float(fold_means.std(ddof=1))
+    positions = np.arange(len(differences))[::-1]
+    ax.axvspan(-width, width, color="#d5dbdb", label=f"split-to-split range ({len(fold_means)} resamplings)")
+    for edge in (-sd, sd):
+        ax.axvline(edge, color="grey", linestyle=":", linewidth=1)
+    colours = ["#1f4e79" if abs(v) >= width else "#95a5a6" for v in differences]
+    ax.barh(positions, differences.to_numpy(), color=colours, height=0.6)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(positions, differences.index)
+    ax.set(title=title, xlabel="difference of mean test AUROC")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(axis="x", alpha=0.3)
+    return ax

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from cxrcore.losses import masked_bce, multiclass_ce
 from cxrcore.findings import is_regression, target_scale
+from cxrcore.losses import masked_bce, multiclass_ce
 from cxrcore.metrics import predictions_frame, target_metrics
 from cxrcore.models import atomic_save, probabilities, unwrap
 

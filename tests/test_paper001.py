@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import shutil
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
 from cxrcore import make_settings
-from cxrcore.experiments import paper001, resampling, shortcut
+from cxrcore.experiments import explore, paper001, resampling, shortcut
 from cxrcore.manifest import assert_patient_disjoint, load_manifest
 from cxrcore.runner import RunConfig, run
 from data_prep.synth import add_arguments, main
@@ -51,7 +52,8 @@ def test_every_arm_shares_the_recipe_and_the_resnet50_is_one_run(settings) -> No
     assert RunConfig.from_dict(configs[("resolution", "ResNet-50-large")]).uses_large
     assert configs[("patient data", "ResNet-50-meta")]["meta"] and not base["meta"]
     assert configs[("patient data", "age, sex, projection")]["findings"] == ["age", "sex", "projection"]
-    assert configs[("patient data", "age, sex, projection")]["weights"] == {"run": base}
+    targets = configs[("patient data", "age, sex, projection")]
+    assert targets["weights"] == {"run": base} and targets["freeze_backbone"] and targets["feature_cache"]
     for config in configs.values():  # one recipe: one channel, the same images and epochs for every arm
         assert (config["channels"], config["max_train_images"], config["overrides"]["epochs"]) == (
             1, paper001.QUICK_TRAIN_IMAGES, paper001.QUICK_EPOCHS)
@@ -114,7 +116,11 @@ def test_drain_free_development_films_are_the_counterfactuals(settings) -> None:
 def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     finished = {name: run(tiny(config), runs_dir=settings.runs_dir) for name, config in
                 shortcut.configs(settings).items()}
-    assert finished["as published"].key == model_runs[("depth", paper001.BASE)].key  # the shared ResNet-50
+    configs = shortcut.configs(settings)
+    base = paper001.configs(settings)[("depth", paper001.BASE)]
+    assert configs["as published"] == {**base, "overrides": {**base["overrides"], "epochs": shortcut.QUICK_EPOCHS}}
+    assert configs["drain-free training"] == {**configs["as published"],
+                                              "manifest": str(shortcut.drain_free_manifest(settings))}
     drains = shortcut.drain_paths(settings.data_root)
     predictions = finished["as published"].predictions
     groups = shortcut.subgroup_table(predictions, drains, n_boot=20)
@@ -129,6 +135,15 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     assert (change["low"] <= change["mean change"]).all() and (change["mean change"] <= change["high"]).all()
     both = shortcut.counterfactual_auroc(finished["as published"], settings, n_boot=20)
     assert list(both.index) == ["films as they are", "drains removed"]
+    pairs = shortcut.counterfactual_pairs(finished, settings)
+    assert list(pairs.columns) == ["counterfactual", shortcut.FINDING, "as published", "as published, drain removed",
+                                   "drain-free training", "drain-free training, drain removed"]
+    assert len(pairs) == len(scores) and pairs[shortcut.FINDING].is_monotonic_decreasing  # positives first
+    manifest = str(shortcut.counterfactual_test_manifest(settings))
+    figure = explore.counterfactual_figure(finished["as published"], manifest, pairs, pairs.index[0])
+    assert len(figure.axes) == 3 and "->" in figure._suptitle.get_text()
+    assert figure.axes[2].images[0].get_array().max() > 0  # the film and its counterfactual differ
+    plt.close(figure)
     paths = shortcut.gradcam_paths(finished["as published"], drains)
     energy = shortcut.gradcam_energy(finished, settings, paths)
     assert list(energy.index) == list(shortcut.MODELS)
@@ -143,3 +158,5 @@ def test_without_counterfactuals_the_lab_says_how_to_make_them(settings, tmp_pat
     (root / "_synth" / "counterfactuals.csv").unlink()
     with pytest.raises(FileNotFoundError, match="--counterfactual remove=drain"):
         shortcut.counterfactual_paths(root)
+    assert shortcut.has_counterfactuals(settings.data_root) and not shortcut.has_counterfactuals(root)
+    assert shortcut.stages(make_settings("full", root, tmp_path / "runs")) == []  # nothing to train there

@@ -31,7 +31,8 @@ EXPERIMENTS = {  # in the order `experiment all` starts them: the longest runs f
     "shortcut": "cxrcore.experiments.shortcut",
 }
 # what `experiment all` trains: the experiments the book's chapters read
-BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002", "paper003", "multisite")
+BOOK_EXPERIMENTS = ("source-models", "transfer", "transfer-sizes", "leakage", "paper002", "paper003", "multisite",
+                    "paper001", "resampling", "shortcut")
 
 
 def experiment(name: str) -> ModuleType:

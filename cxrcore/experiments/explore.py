@@ -11,7 +11,9 @@ site the widgets' outputs are the ones of their default state, saved with the ex
 * `cam_explorer`: a run, a finding, a test image and a map (CAM or Grad-CAM): the image with the drawn sign's
   outline where the synthetic site has one, the map over it, the label and the score;
 * `sign_explorer`: the demo sites' renderer draws one sign at a chosen severity on a synthetic patient built on a
-  real lung mask, beside the same patient without it.
+  real lung mask, beside the same patient without it;
+* `counterfactual_explorer`: a test film with a chest drain beside the same film rendered without it, as a run sees
+  them, their difference, and each model's pneumothorax score on both.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from cxrcore.cam import class_activation_map, gradcam, overlay
 from cxrcore.experiments import localisation
 from cxrcore.findings import POLICIES, apply_policy
 from cxrcore.metrics import score_column
-from cxrcore.runner import Result
+from cxrcore.runner import Result, evaluation_dataset
 from data_prep.synth.plan import make_sign
 from data_prep.synth.render import render
 from data_prep.synth.signs import SIGN_IDS
@@ -274,5 +276,46 @@ def sign_explorer(signs: Sequence[str] = tuple(SIGN_IDS), default: str = "effusi
     controls = {"sign": sign, "site": site, "severity": severity, "patient": patient}
     box = widgets.VBox([widgets.HBox([sign, site]), widgets.HBox([severity, patient]),
                         widgets.interactive_output(show, controls), widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
+    display(box)
+    return box
+
+
+def counterfactual_figure(result: Result, counterfactual_manifest: str, pairs: pd.DataFrame, path: str,
+                          finding: str = "Pneumothorax") -> Figure:
+    """A test film and its counterfactual (the same film rendered without one sign) as `result`'s model sees them,
+    their absolute difference, and each model's score of `finding` on both (`pairs`: one row per film, indexed by
+    path: "counterfactual", the label, "<model>" and "<model>, drain removed" scores)."""
+    row = pairs.loc[path]
+    original = localisation.test_images(result, [path])[0, 0].numpy()
+    dataset = evaluation_dataset(result, "test", counterfactual_manifest)
+    index = {p: i for i, p in enumerate(dataset.manifest["path"])}
+    without = dataset[index[row["counterfactual"]]]["image"][0].numpy()
+    models = [c for c in pairs.columns if c not in ("counterfactual", finding) and not c.endswith("drain removed")]
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    panels = (("the film", original, "gray"), ("the same film, drain removed", without, "gray"),
+              ("what changed (absolute difference)", np.abs(original - without), "magma"))
+    for ax, (title, image, cmap) in zip(axes, panels, strict=True):
+        ax.imshow(image, cmap=cmap)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    label = {1.0: "positive", 0.0: "negative"}.get(row[finding], "not scored")
+    scores = "; ".join(f"{m}: {row[m]:.2f} -> {row[f'{m}, drain removed']:.2f}" for m in models)
+    figure.suptitle(f"{finding} {label}. Score with the drain -> without it. {scores}\n{path}", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def counterfactual_explorer(result: Result, counterfactual_manifest: str, pairs: pd.DataFrame,
+                            finding: str = "Pneumothorax") -> widgets.VBox:
+    """A slider over the test films of `pairs` (positives first) and `counterfactual_figure` on each change."""
+    paths = pairs.index.tolist()
+    image = widgets.IntSlider(value=0, min=0, max=len(paths) - 1, description="film", continuous_update=False)
+
+    def show(image: int) -> None:
+        _show(counterfactual_figure(result, counterfactual_manifest, pairs, paths[image], finding))
+
+    box = widgets.VBox([image, widgets.interactive_output(show, {"image": image}),
+                        widgets.HTML(f"<i>{INTERACTIVE_NOTE}</i>")])
     display(box)
     return box

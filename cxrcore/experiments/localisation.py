@@ -70,9 +70,10 @@ def localisation_table(maps: dict[str, np.ndarray], masks_for_side: Callable[[in
     return table.astype({"all-zero maps": int})
 
 
-def test_images(result: Result, paths: Sequence[str]) -> torch.Tensor:
-    """The given test images as the run sees them at evaluation ((N, C, side, side), normalized, not augmented)."""
-    dataset = evaluation_dataset(result, "test")
+def test_images(result: Result, paths: Sequence[str], manifest: str | Path | None = None) -> torch.Tensor:
+    """The given test images as the run sees them at evaluation ((N, C, side, side), normalized, not augmented): of
+    its own test split, or of another manifest's (another site's test images, say)."""
+    dataset = evaluation_dataset(result, "test", manifest)
     index = {path: i for i, path in enumerate(dataset.manifest["path"])}
     return torch.stack([dataset[index[path]]["image"] for path in paths])
 

@@ -17,19 +17,25 @@ every site without retraining.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import false_discovery_control
 from sklearn.metrics import precision_recall_fscore_support
 
-from cxrcore.cam import energy_inside, gradcam, pointing_game
+from cxrcore.cam import gradcam
 from cxrcore.experiments import source_models
 from cxrcore.experiments.evaluation import evaluate
-from cxrcore.experiments.localisation import drawn_sign_paths, has_sign_masks, sign_mask
+from cxrcore.experiments.localisation import (
+    drawn_sign_paths,
+    has_sign_masks,
+    localisation_row,
+    sign_masks,
+    test_images,
+)
 from cxrcore.experiments.source_models import ARCHITECTURES
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, predictions_auroc_table, scored_findings
 from cxrcore.findings import NIH_HARMONIZED, PAPER000_FINDINGS
@@ -95,7 +101,18 @@ def chexpert_table(settings: Settings) -> pd.DataFrame:
 
 def hospital_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     """Labeler -> the hospital's frontal images, one patient-wise split, train and valid labelled by that labeler;
-    the test labels are the drawn signs on a synthetic site (a perfect reader), else the keyword labeler's."""
+    the test labels are the drawn signs on a synthetic site (a perfect reader), else the keyword labeler's.
+
+    Labelling the site's reports takes seconds and the chapter asks for these tables several times: they are
+    computed once per settings and version of the site's reports.csv (fresh copies are returned)."""
+    reports = settings.data_root / "hospital" / "reports.csv"
+    version = reports.stat().st_mtime_ns if reports.is_file() else None  # None: read_hospital names what is missing
+    return {name: table.copy() for name, table in _hospital_tables(settings, version).items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _hospital_tables(settings: Settings, reports_version: int | None) -> dict[str, pd.DataFrame]:
+    """`hospital_tables`, computed (`reports_version` keys the cache to the reports file's modification time)."""
     keyword = read_hospital(settings.data_root)
     keyword = keyword[keyword["view"] == "frontal"].copy()
     keyword["split"] = split_patients(keyword, HOSPITAL_FRACTIONS, SPLIT_SEED)
@@ -308,24 +325,18 @@ def labeler_noise(settings: Settings) -> pd.DataFrame:
 def site_gradcam(result: Result, test_manifest: Path, data_root: Path, site: str, finding: str, n: int
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Grad-CAM of one finding on up to n of a site's test images with its sign drawn: the grey images and maps
-    ((n, side, side) each) and their scores against the drawn masks (energy inside / area, pointing game)."""
-    dataset = evaluation_dataset(result, "test", test_manifest)
+    ((n, side, side) each) and their scores against the drawn masks (`localisation.localisation_row`, and the
+    energy inside over the sign's share of the image)."""
     sign = CHEXPERT_SIGNS[finding]
-    paths = drawn_sign_paths(data_root, SITES[site], sign, dataset.manifest["path"].tolist(), n)
+    listed = evaluation_dataset(result, "test", test_manifest).manifest["path"].tolist()
+    paths = drawn_sign_paths(data_root, SITES[site], sign, listed, n)
     if not paths:
         raise ValueError(f"no test image of {site} has a drawn {sign} ({finding})")
-    index = {path: i for i, path in enumerate(dataset.manifest["path"])}
-    images = np.stack([dataset[index[path]]["image"].numpy() for path in paths])
-    maps = gradcam(result.load_model(), torch.from_numpy(images),
-                   result.config["run"]["findings"].index(finding))
-    masks = [sign_mask(data_root, path, images.shape[-1], sign) for path in paths]
-    energy = np.array([energy_inside(m, k) for m, k in zip(maps, masks, strict=True)])  # NaN: an all-zero map
-    inside = float(energy[np.isfinite(energy)].mean()) if np.isfinite(energy).any() else np.nan
-    area = float(np.mean([k.mean() for k in masks]))
-    return images[:, 0], maps, {"images": len(paths), "energy inside": inside, "sign's share of the image": area,
-                                "energy / area": inside / area, "all-zero maps": int(np.isnan(energy).sum()),
-                                "peak inside": float(np.mean([pointing_game(m, k)
-                                                              for m, k in zip(maps, masks, strict=True)]))}
+    images = test_images(result, paths, test_manifest)  # (n, C, side, side)
+    maps = gradcam(result.load_model(), images, result.config["run"]["findings"].index(finding))
+    scores = localisation_row(maps, sign_masks(data_root, paths, sign, images.shape[-1]), "sign")
+    ratio = scores["energy inside the sign"] / scores["sign's share of the image"]
+    return images[:, 0].numpy(), maps, {"images": len(paths), **scores, "energy / area": ratio}
 
 
 def reported_matrix(reported: pd.DataFrame) -> pd.DataFrame:

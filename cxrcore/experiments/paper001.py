@@ -11,8 +11,9 @@
   - depth: ResNet-38, -50 and -101;
   - resolution: ResNet-50 against ResNet-50-large;
   - patient data: ResNet-50 against ResNet-50-meta (age, sex and projection fused before the head), the
-    metadata-only MLP (no image), and age, sex and projection read from the image (one run, the three targets,
-    fine-tuned from the ResNet-50 findings model: paper 001 used its ResNet-50-large as the feature extractor).
+    metadata-only MLP (no image), and age, sex and projection read from the image (one run, the three targets, a
+    new head on the ResNet-50 findings model's frozen features: paper 001 used its ResNet-50-large as the feature
+    extractor, and trained a model per target).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import pandas as pd
 from cxrcore.experiments import source_models
 from cxrcore.experiments.tables import RESULT_COLUMNS, auroc_table, bootstrap_draws, result_row, scored_findings
 from cxrcore.findings import NIH_HARMONIZED, PATIENT_TARGETS
-from cxrcore.manifest import write_derived_manifest
 from cxrcore.metrics import auroc_per_class, bootstrap_auroc_ci, mae, score_column
 from cxrcore.models import build_model
 from cxrcore.runner import Result, run
@@ -54,15 +54,18 @@ def official_manifest(settings: Settings) -> Path:
 
 
 def run_config(manifest: Path, settings: Settings, *, arch: str = DEPTHS[BASE], large: bool = False,
-               meta: bool = False, findings: list[str] | None = None, weights: dict | None = None) -> dict:
-    """Paper 001's from-scratch recipe on one variant (one input channel; "-large" with its own preset)."""
+               meta: bool = False, findings: list[str] | None = None, weights: dict | None = None,
+               frozen: bool = False) -> dict:
+    """Paper 001's from-scratch recipe on one variant (one input channel; "-large" with its own preset); `frozen`:
+    only a new head trains, on the features of `weights` computed once."""
     quick = quick_sized(settings.profile)
     overrides = {"epochs": QUICK_EPOCHS} if quick else {}
     if arch == "metadata":
         overrides["image_size"] = METADATA_IMAGE_SIZE
     return {"manifest": str(manifest), "findings": findings or FINDINGS, "data_root": str(settings.data_root),
             "arch": arch, "channels": 1, "preset": LARGE_PRESET if large else PRESET, "policy": "u-ones",
-            "meta": meta, "weights": weights, "seed": 0, "profile": settings.profile,
+            "meta": meta, "weights": weights, "freeze_backbone": frozen, "feature_cache": frozen, "seed": 0,
+            "profile": settings.profile,
             "max_train_images": QUICK_TRAIN_IMAGES if quick else None, "overrides": overrides}
 
 
@@ -77,12 +80,12 @@ def configs(settings: Settings) -> dict[tuple[str, str], dict]:
     out[("patient data", f"{BASE}-meta")] = run_config(official, settings, meta=True)
     out[("patient data", "metadata only")] = run_config(official, settings, arch="metadata", meta=True)
     out[("patient data", "age, sex, projection")] = run_config(official, settings, findings=list(PATIENT_TARGETS),
-                                                               weights={"run": base})
+                                                               weights={"run": base}, frozen=True)
     return out
 
 
 def stages(settings: Settings) -> list[list[dict]]:
-    """Two stages: every run from random weights, then the patient targets fine-tuned from the ResNet-50."""
+    """Two stages: every run from random weights, then the patient targets on the ResNet-50's features."""
     unique: dict[str, dict] = {}
     for config in configs(settings).values():
         unique.setdefault(repr(sorted(config.items())), config)

@@ -5,9 +5,12 @@ On the demo site, as in ChestX-ray14, most pneumothorax films show a chest drain
 a second time without it (`python -m data_prep synth --counterfactual remove=drain`): the same radiograph, every
 other pixel-generating choice unchanged.
 
-* "as published": the experiment paper001's ResNet-50 (official split, the films as they are; a shared run);
+* "as published": paper001's ResNet-50 recipe on the official split, the films as they are;
 * "drain-free training": the same recipe on the same patients, every training and validation film with a drain
   replaced by its counterfactual: a model that never saw a drain during development.
+
+In the quick profile both train for QUICK_EPOCHS (twice paper001's): a shortcut is only worth measuring in a model
+that has learned something, and the two are the lab's own comparison, so they need not match paper001's runs.
 
 Both are scored on the untouched test split: pneumothorax AUROC on the positives with a drain and on those without,
 each against all negatives; Grad-CAM energy inside the drain and inside the pneumothorax; and the counterfactual,
@@ -29,7 +32,7 @@ from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_r
 from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.metrics import bootstrap_auroc_ci, resample_patients, score_column
 from cxrcore.runner import Result, run
-from cxrcore.settings import Settings
+from cxrcore.settings import Settings, quick_sized
 from data_prep.synth.write import COUNTERFACTUALS
 
 NAME = "shortcut"
@@ -39,6 +42,12 @@ SITE = "nih"
 MODELS = ("as published", "drain-free training")
 GROUPS = ("positives with a drain", "positives without a drain", "all positives")
 MAX_GRADCAM_IMAGES = 24
+QUICK_EPOCHS = 10  # both models' epochs in the quick profile (paper001's runs train 5)
+
+
+def has_counterfactuals(data_root: Path) -> bool:
+    """Whether the data root is a synthetic site rendered with its drain counterfactuals (what the lab needs)."""
+    return (Path(data_root) / COUNTERFACTUALS).is_file()
 
 
 def counterfactual_paths(data_root: Path) -> pd.Series:
@@ -83,14 +92,18 @@ def counterfactual_test_manifest(settings: Settings) -> Path:
 
 
 def configs(settings: Settings) -> dict[str, dict]:
-    """Model name -> run config: paper001's ResNet-50, and its recipe on the drain-free development films."""
-    base = paper001.configs(settings)[("depth", paper001.BASE)]
+    """Model name -> run config: paper001's ResNet-50 recipe (QUICK_EPOCHS in the quick profile) on the official
+    split, and the same on the drain-free development films."""
+    base = paper001.run_config(paper001.official_manifest(settings), settings)
+    if quick_sized(settings.profile):
+        base["overrides"] = {**base["overrides"], "epochs": QUICK_EPOCHS}
     return {MODELS[0]: base, MODELS[1]: {**base, "manifest": str(drain_free_manifest(settings))}}
 
 
 def stages(settings: Settings) -> list[list[dict]]:
-    """One stage: the two models are independent."""
-    return [list(configs(settings).values())]
+    """One stage: the two models are independent; none on a data root without drain counterfactuals (the real
+    ChestX-ray14: `results` and the chapter say what is missing)."""
+    return [list(configs(settings).values())] if has_counterfactuals(settings.data_root) else []
 
 
 def runs(settings: Settings) -> dict[str, Result]:
@@ -136,6 +149,20 @@ def counterfactual_scores(result: Result, settings: Settings) -> pd.DataFrame:
                           "score": original.loc[replace.index, score_column(FINDING)],
                           "score without the drain": without.loc[replace.to_numpy(), score_column(FINDING)].to_numpy()})
     return table.assign(change=table["score without the drain"] - table["score"])
+
+
+def counterfactual_pairs(finished: dict[str, Result], settings: Settings) -> pd.DataFrame:
+    """Per test film with a drain (index: its path): its counterfactual's path, its pneumothorax label, and each
+    model's score on the film ("<model>") and on the counterfactual ("<model>, drain removed")."""
+    replace = counterfactual_paths(settings.data_root)
+    table = None
+    for name, result in finished.items():
+        scores = counterfactual_scores(result, settings)
+        if table is None:
+            table = pd.DataFrame({"counterfactual": replace.loc[scores.index], FINDING: scores[FINDING]})
+        table[name] = scores["score"]
+        table[f"{name}, drain removed"] = scores["score without the drain"]
+    return table.sort_values([FINDING, next(iter(finished))], ascending=False)
 
 
 def mean_change(scores: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
