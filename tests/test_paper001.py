@@ -144,8 +144,8 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     assert len(figure.axes) == 3 and "->" in figure._suptitle.get_text()
     assert figure.axes[2].images[0].get_array().max() > 0  # the film and its counterfactual differ
     plt.close(figure)
-    paths = shortcut.gradcam_paths(finished["as published"], drains)
-    energy = shortcut.gradcam_energy(finished, settings, paths)
+    paths = shortcut.map_paths(finished["as published"], drains)
+    energy = shortcut.cam_energy(finished, settings, paths)
     assert list(energy.index) == list(shortcut.MODELS)
     inside = energy.filter(like="energy inside").astype(float)
     assert (inside.isna() | ((inside >= 0) & (inside <= 1))).all().all()

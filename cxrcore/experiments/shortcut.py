@@ -13,8 +13,9 @@ In the quick profile both train for QUICK_EPOCHS (twice paper001's): a shortcut 
 that has learned something, and the two are the lab's own comparison, so they need not match paper001's runs.
 
 Both are scored on the untouched test split: pneumothorax AUROC on the positives with a drain and on those without,
-each against all negatives; Grad-CAM energy inside the drain and inside the pneumothorax; and the counterfactual,
-each test film with a drain scored again without it: the change of the model's score is the drain's causal effect.
+each against all negatives; the class activation map's energy inside the drain and inside the pneumothorax; and the
+counterfactual, each test film with a drain scored again without it: the change of the model's score is the drain's
+causal effect.
 This part needs the synthetic site: no public dataset holds the same film with and without its drain.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcore.cam import gradcam
+from cxrcore.cam import class_activation_map
 from cxrcore.experiments import paper001
 from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
@@ -41,7 +42,7 @@ SIGN = "drain"
 SITE = "nih"
 MODELS = ("as published", "drain-free training")
 GROUPS = ("positives with a drain", "positives without a drain", "all positives")
-MAX_GRADCAM_IMAGES = 24
+MAX_MAP_IMAGES = 24
 QUICK_EPOCHS = 10  # both models' epochs in the quick profile (paper001's runs train 5)
 
 
@@ -190,26 +191,31 @@ def counterfactual_auroc(result: Result, settings: Settings, n_boot: int) -> pd.
                          "drains removed": _auroc_row(without[without[FINDING].notna()], n_boot)}).T
 
 
-def gradcam_paths(result: Result, drains: set[str], limit: int = MAX_GRADCAM_IMAGES) -> list[str]:
+def map_paths(result: Result, drains: set[str], limit: int = MAX_MAP_IMAGES) -> list[str]:
     """Test films that are pneumothorax positives with a drain (the first `limit`, in the test order)."""
     predictions = result.predictions
     chosen = predictions[(predictions[FINDING] == 1) & predictions["path"].isin(drains)]
     return chosen["path"].tolist()[:limit]
 
 
-def gradcam_energy(finished: dict[str, Result], settings: Settings, paths: list[str]) -> pd.DataFrame:
-    """Per model: the share of its pneumothorax Grad-CAM energy inside the drain and inside the pneumothorax, on
-    positives with a drain, each beside the region's share of the image, and how many maps were all zero."""
+def cam_energy(finished: dict[str, Result], settings: Settings, paths: list[str]) -> pd.DataFrame:
+    """Per model: the share of its pneumothorax class activation map's energy inside the drain and inside the
+    pneumothorax, on positives with a drain, each beside the region's share of the image, and how many maps were
+    flat (all zero).
+
+    The map is CAM (Zhou et al.), each scaled to [0, 1]: with a linear head after global average pooling Grad-CAM is
+    the same map divided by its area, clipped at zero; a model whose pneumothorax score is low puts negative evidence
+    everywhere, where Grad-CAM's clip leaves nothing to read and CAM still ranks the positions."""
     rows = {}
     for name, result in finished.items():
         images = test_images(result, paths)
-        maps = gradcam(result.load_model(), images, paper001.FINDINGS.index(FINDING))
+        maps = class_activation_map(result.load_model(), images, paper001.FINDINGS.index(FINDING))
         side = maps.shape[-1]
         row = {"films": len(paths)}
         for sign in (SIGN, "pneumothorax"):
             scores = localisation_row(maps, sign_masks(settings.data_root, paths, sign, side), sign)
             row[f"energy inside the {sign}"] = scores[f"energy inside the {sign}"]
             row[f"{sign}'s share of the image"] = scores[f"{sign}'s share of the image"]
-            row["all-zero maps"] = scores["all-zero maps"]  # no positive evidence anywhere: not in the energies
+            row["all-zero maps"] = scores["all-zero maps"]  # a flat map: not in the energies
         rows[name] = row
     return pd.DataFrame(rows).T
