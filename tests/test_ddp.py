@@ -41,22 +41,22 @@ def _model() -> nn.Module:
         return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
 
 
-def _train(batch_size: int, checkpoint_dir: str) -> nn.Module:
+def _train(batch_size: int, checkpoint_dir: str, epochs: int = 2) -> nn.Module:
     model = _model()
     train = make_loader(Stripes(48, seed=1), batch_size=batch_size, shuffle=True, seed=5, distributed=True,
                         device="cpu")
     valid = make_loader(Stripes(16, seed=2), batch_size=8, device="cpu")
-    cfg = TrainConfig(epochs=2, lr=5e-2, device="cpu", progress=False, checkpoint_dir=checkpoint_dir,
+    cfg = TrainConfig(epochs=epochs, lr=5e-2, device="cpu", progress=False, checkpoint_dir=checkpoint_dir,
                       plateau_patience=0, plateau_factor=0.5)
     fit(model, train, valid, cfg=cfg)
     return model
 
 
-def _worker(rank: int, port: int, checkpoint_dir: str) -> None:
+def _worker(rank: int, port: int, checkpoint_dir: str, epochs: int = 2) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        _train(GLOBAL_BATCH // WORLD, checkpoint_dir)
+        _train(GLOBAL_BATCH // WORLD, checkpoint_dir, epochs)
     finally:
         dist.destroy_process_group()
 
@@ -78,3 +78,20 @@ def test_two_processes_match_one(tmp_path):
     ddp_losses = [r["loss"] for r in ddp["history"]]
     np.testing.assert_allclose(ddp_losses, [r["loss"] for r in one["history"]], rtol=1e-5)
     assert not torch.equal(one["model"]["4.weight"], _model().state_dict()["4.weight"])  # it did train
+
+
+def test_two_processes_resume_from_their_checkpoint(tmp_path):
+    """A DDP run stopped after epoch 1 and started again (a killed job's restart) ends where an uninterrupted run ends:
+    rank 0's checkpoint holds the weights, optimizer, scheduler and history every rank resumes from."""
+    folder = str(tmp_path / "ddp")
+    mp.spawn(_worker, args=(_free_port(), folder, 1), nprocs=WORLD, join=True)
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["epoch"] == 1
+    mp.spawn(_worker, args=(_free_port(), folder, 2), nprocs=WORLD, join=True)  # resumes at epoch 2
+    resumed = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    _train(GLOBAL_BATCH, str(tmp_path / "single"), 2)
+    straight = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    for name, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    np.testing.assert_allclose([r["loss"] for r in resumed["history"]], [r["loss"] for r in straight["history"]],
+                               rtol=1e-5)
