@@ -37,7 +37,15 @@ CXR_PROFILE   ?= quick
 # images for at most two epochs, so the test suite checks every chapter end to end in minutes while `make book`
 # trains the quick book (~55 min on two cores); TEST_PROFILE=quick tests the quick book itself
 TEST_PROFILE  ?= smoke
-CXR_DATA_ROOT ?= $(CURDIR)/data/demo
+# the demo sites `make data` writes: DEMO=quick (3,000 images per site at 128 px, data/demo) or DEMO=gpu (20,000 per
+# site at 320 px, data/demo-gpu: for a GPU without the real downloads); an interrupted `make data` resumes
+DEMO          ?= quick
+DEMO_ARGS_quick :=
+DEMO_ARGS_gpu   := --per-site 20000 --size 320
+ifeq ($(filter $(DEMO),quick gpu),)
+  $(error DEMO=$(DEMO): expected quick (the default) or gpu)
+endif
+CXR_DATA_ROOT ?= $(CURDIR)/data/$(if $(filter gpu,$(DEMO)),demo-gpu,demo)
 CXR_RUNS_DIR  ?= $(CURDIR)/runs
 # runs trained at once by `make runs` (one process each, cores/JOBS threads): 2 trains ~25 % more images/s on 2 cores;
 # the unit tests and the chapters under nbmake run in JOBS pytest-xdist workers with as many threads each
@@ -86,9 +94,10 @@ _vendor/.complete-2:
 vendor: _vendor/.complete-2  ## local copies of MathJax, require.js and the widget manager (offline site)
 
 $(CXR_DATA_ROOT)/.complete: | $(STAMP)
-	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT) --counterfactual remove=drain
+	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT) --counterfactual remove=drain \
+		$(DEMO_ARGS_$(DEMO)) --resume
 
-data: $(CXR_DATA_ROOT)/.complete  ## make the embedded demo data if missing
+data: $(CXR_DATA_ROOT)/.complete  ## make the embedded demo data if missing (DEMO=gpu: the GPU-sized sites)
 
 runs: venv data  ## train every chapter's runs not yet in the run cache, two at a time (the chapters read them)
 	$(TIMED) runs $(BIN)/python -m cxrcore experiment all --jobs $(JOBS)

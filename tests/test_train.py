@@ -190,16 +190,17 @@ def test_onecycle_warms_up_then_decays_to_zero():
 
 def test_bf16_autocast_and_channels_last_run_on_cpu():
     """The GPU paths on a CPU: bf16 autocast trains (finite losses, near fp32's at first, the weights stay fp32), and
-    channels_last gives the losses of the contiguous layout (the same model in another memory order: oneDNN picks other
-    kernels, whose sums round differently, measured 0.35 % apart after two epochs)."""
+    channels_last computes what the contiguous layout computes (the same model in another memory order)."""
+    model, images = _model().eval(), next(iter(_loaders()[1]))["image"]
+    with torch.no_grad():
+        contiguous = model(images)
+        reordered = model.to(memory_format=torch.channels_last)(images.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(reordered, contiguous, rtol=1e-4, atol=1e-5)
     histories, models = {}, {}
-    for name, precision, channels_last in (("fp32", "fp32", True), ("contiguous", "fp32", False),
-                                           ("bf16", "bf16", True)):
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16")):
         train, valid = _loaders(n_train=64, n_valid=32)
         models[name] = _model()
-        histories[name] = fit(models[name], train, valid, cfg=_cfg(epochs=2, precision=precision,
-                                                                    channels_last=channels_last)).table
-    np.testing.assert_allclose(histories["contiguous"]["loss"], histories["fp32"]["loss"], rtol=1e-2)
+        histories[name] = fit(models[name], train, valid, cfg=_cfg(epochs=2, precision=precision)).table
     assert np.isfinite(histories["bf16"]["loss"]).all() and np.isfinite(histories["bf16"]["val_loss"]).all()
     # bf16 rounds every product to 8 mantissa bits: the first epoch's loss is fp32's within a few per cent (measured
     # 1.7 %), then the two trajectories drift apart (6.6 % after epoch 2); what must hold is that it learns

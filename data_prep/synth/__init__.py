@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     parser.add_argument("--force", action="store_true", help="replace a previous synthetic tree at --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run interrupted at --out (same --seed, --per-site, --size) where it stopped; "
+                             "starts one if --out is empty")
     parser.add_argument("--counterfactual", metavar="remove=SIGN", default=None,
                         help="also write each image showing SIGN (e.g. drain) again without it, beside the original "
                              "(<name>_no-SIGN), every other pixel-generating choice unchanged; listed in "
@@ -60,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         check_arguments(args)
         summary = generate(
             args.out.expanduser().resolve(), args.per_site, args.size, args.seed, args.workers, args.force,
-            removed_sign(args.counterfactual),
+            removed_sign(args.counterfactual), args.resume,
         )
     except (ValueError, FileExistsError) as err:
         print(f"synth: error: {err}", file=sys.stderr)
@@ -70,5 +73,6 @@ def main(args: argparse.Namespace) -> int:
         f"(preparing {summary['prepare_s']} s, rendering {summary['render_s']} s on {summary['workers']} workers: "
         f"{summary['images_per_s_per_core']} images/s/core)"
         + (f"; {summary['counterfactuals']} counterfactual images" if args.counterfactual else "")
+        + (f"; resumed after {summary['resumed_from']} already written" if summary["resumed_from"] else "")
     )
     return 0

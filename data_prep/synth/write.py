@@ -24,6 +24,7 @@ from data_prep.synth.templates import lung_templates
 VERSION = "1.0"
 SITE_DIRS = {"chexpert": "CheXpert-v1.0-small", "nih": "ChestX-ray14", "hospital": "hospital"}
 RECORD = "_synth/files.txt"  # every file a run writes, listed before it writes them: what --force may remove
+PROGRESS = "_synth/rendered.jsonl"  # one line per image written, while a run lasts: what --resume continues from
 TABLE_FILES = [
     f"{SITE_DIRS['chexpert']}/train.csv",
     f"{SITE_DIRS['chexpert']}/valid.csv",
@@ -57,7 +58,7 @@ def _ground_truth_files() -> list[str]:
 
 def fixed_files() -> list[str]:
     """The files every run writes whatever its size: meta, done marker, record, site tables, ground truth."""
-    return ["synth_meta.json", ".complete", RECORD, *TABLE_FILES, *_ground_truth_files()]
+    return ["synth_meta.json", ".complete", RECORD, PROGRESS, *TABLE_FILES, *_ground_truth_files()]
 
 
 def mask_path(image_path: str) -> str:
@@ -244,18 +245,22 @@ def _init_worker(templates: np.ndarray, aspects: np.ndarray, root: str) -> None:
     _WORKER.update(templates=templates, aspects=aspects, root=Path(root))
 
 
+def _save_whole(pixels: np.ndarray, target: Path, **options: object) -> None:
+    """Save an image through a temporary name then rename it: a killed run never leaves half a file at `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
+    Image.fromarray(pixels).save(partial, **options)
+    os.replace(partial, target)
+
+
 def _render_and_save(job: dict) -> dict:
     """Render one job, save the image in its site's format and its mask PNG; return its ground-truth record."""
     image, masks, record = render(job, _WORKER["templates"], _WORKER["aspects"])
     target = _WORKER["root"] / job["path"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if STYLES[job["site"]].image_format == "jpg":
-        Image.fromarray(image).save(target, quality=STYLES[job["site"]].jpeg_quality)
-    else:
-        Image.fromarray(image).save(target)
+    jpeg = STYLES[job["site"]].image_format == "jpg"
+    _save_whole(image, target, **({"quality": STYLES[job["site"]].jpeg_quality} if jpeg else {}))
     mask = mask_path(job["path"])
-    (_WORKER["root"] / mask).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(masks).save(_WORKER["root"] / mask)
+    _save_whole(masks, _WORKER["root"] / mask)
     if "remove" in job:
         return {"path": job["original"], "counterfactual": job["path"], "removed": job["remove"], "mask": mask}
     return {
@@ -301,12 +306,68 @@ def _plan_sites(seed: int, per_site: int, size: int) -> tuple[dict, tuple]:
     return parts, (chexpert, nih, hospital)
 
 
+def rendered_so_far(root: Path, seed: int, per_site: int, size: int) -> dict[str, dict]:
+    """Output path -> ground-truth record of every image an interrupted run at root finished (`_synth/rendered.jsonl`,
+    images whose file and mask are on disk); ValueError when root was started with other settings."""
+    meta_file = root / "synth_meta.json"
+    meta = json.loads(meta_file.read_text())
+    started = {"seed": meta["seed"], "per_site": meta["per_site"], "size": meta["size"]}
+    asked = {"seed": seed, "per_site": per_site, "size": size}
+    if started != asked:
+        raise ValueError(f"{root} holds a run started with {started}; --resume continues it only with the same "
+                         f"settings (asked {asked}): use them, or --force to start afresh")
+    done = {}
+    if (root / PROGRESS).is_file():
+        for line in (root / PROGRESS).read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # the last line of a killed run may be cut short
+                entry = json.loads(line)
+                if (root / entry["job"]).is_file() and (root / entry["result"]["mask"]).is_file():
+                    done[entry["job"]] = entry["result"]
+    return done
+
+
+def _resume_or_prepare(root: Path, seed: int, per_site: int, size: int, force: bool, resume: bool) -> dict:
+    """The records of an interrupted run to continue (with `resume`, at a started, unfinished root), else {} after
+    preparing root as a fresh run does."""
+    started = (root / "synth_meta.json").is_file() and not (root / ".complete").is_file()
+    if resume and started:
+        for partial in root.rglob(".*.partial.*"):  # images a killed worker was writing: rendered again
+            partial.unlink()
+        return rendered_so_far(root, seed, per_site, size)
+    if resume and (root / ".complete").is_file() and not force:
+        raise FileExistsError(f"{root} is complete: nothing to resume (--force replaces it)")
+    prepare_root(root, force)
+    return {}
+
+
+def _render_all(root: Path, jobs: list[dict], done: dict[str, dict], workers: int, templates: np.ndarray,
+                aspects: np.ndarray) -> list[dict]:
+    """Every job's record in job order, rendering only the jobs not in `done`; each finished image is appended to
+    the progress file, so a killed run resumes where it stopped."""
+    todo = [job for job in jobs if job["path"] not in done]
+    with open(root / PROGRESS, "a") as progress, \
+            Pool(workers, initializer=_init_worker, initargs=(templates, aspects, str(root))) as pool:
+        for job, result in zip(todo, tqdm(pool.imap(_render_and_save, todo, chunksize=8), total=len(jobs),
+                                          initial=len(jobs) - len(todo), desc="synth", unit="img"), strict=True):
+            progress.write(json.dumps({"job": job["path"], "result": result}, default=_plain) + "\n")
+            progress.flush()
+            done[job["path"]] = result
+    return [done[job["path"]] for job in jobs]
+
+
+def _plain(value: object) -> object:
+    """numpy scalars as plain JSON numbers (records hold numpy floats and bools)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def generate(root: Path, per_site: int, size: int, seed: int, workers: int, force: bool = False,
-             remove: str | None = None) -> dict:
+             remove: str | None = None, resume: bool = False) -> dict:
     """Write all three sites under root; returns a summary (images, seconds, images/s/core). With `remove` (a sign
     name), every image showing that sign also gets its counterfactual beside it (`counterfactual_jobs`), listed in
-    _synth/counterfactuals.csv; its mask PNG's blue channel marks where the removed sign would be."""
-    prepare_root(root, force)
+    _synth/counterfactuals.csv; its mask PNG's blue channel marks where the removed sign would be. With `resume`, a
+    run that was interrupted at root (same seed, size and count) continues where it stopped, and the finished tree
+    is the same, byte for byte, as an uninterrupted run's."""
+    done = _resume_or_prepare(root, seed, per_site, size, force, resume)
     start = time.perf_counter()
     write_meta(root, seed, per_site, size, {})  # early, so a crashed run can be replaced with --force
     with ProcessPoolExecutor(1) as background:  # the real lung masks decode while the tables are sampled
@@ -317,8 +378,8 @@ def generate(root: Path, per_site: int, size: int, seed: int, workers: int, forc
     jobs += counterfactual_jobs(jobs, remove) if remove else []
     write_record(root, jobs)
     prepared = time.perf_counter()
-    with Pool(workers, initializer=_init_worker, initargs=(templates, aspects, str(root))) as pool:
-        results = list(tqdm(pool.imap(_render_and_save, jobs, chunksize=8), total=len(jobs), desc="synth", unit="img"))
+    rendered_before = len(done)
+    results = _render_all(root, jobs, done, workers, templates, aspects)
     rendered = time.perf_counter()
     write_tables(root, *tables)
     counterfactuals = [r for r in results if "counterfactual" in r]
@@ -334,9 +395,11 @@ def generate(root: Path, per_site: int, size: int, seed: int, workers: int, forc
         "render_s": round(rendered - prepared, 1),
         "total_s": round(time.perf_counter() - start, 1),
         "workers": workers,
-        "images_per_s_per_core": round(len(jobs) / (rendered - prepared) / workers, 1),
+        "images_per_s_per_core": round((len(jobs) - rendered_before) / max(rendered - prepared, 1e-9) / workers, 1),
+        "resumed_from": rendered_before,
     }
     write_meta(root, seed, per_site, size, {site: len(parts[site][0]) for site in SITES})
+    (root / PROGRESS).unlink(missing_ok=True)  # the tree is whole: nothing left to resume
     (root / ".complete").write_text("synthetic demo data complete\n")  # last: the Makefile's done marker
     return summary
 
