@@ -281,6 +281,11 @@ def test_a_killed_run_resumes_to_the_same_tree(tmp_path: Path) -> None:
     subprocess.run([*command, "--out", str(straight)], capture_output=True, check=True)
     assert _hashes(killed) == _hashes(straight)
     (killed / ".complete").unlink()  # pretend it stopped again: another size must not continue it
+    (killed / "ChestX-ray14" / ".x.partial.png").write_bytes(b"half")  # what a killed worker leaves
     other_size = subprocess.run([*command, "--size", "64", "--out", str(killed), "--resume"], capture_output=True,
                                 text=True)
     assert other_size.returncode == 2 and "--resume continues it only with the same settings" in other_size.stderr
+    assert not (killed / "ChestX-ray14" / ".x.partial.png").exists()
+    (killed / "ChestX-ray14" / ".y.partial.png").write_bytes(b"half")
+    subprocess.run([*command, "--out", str(killed), "--force"], capture_output=True, check=True)  # --force too
+    assert _hashes(killed) == _hashes(straight)

@@ -58,7 +58,7 @@ def _ground_truth_files() -> list[str]:
 
 def fixed_files() -> list[str]:
     """The files every run writes whatever its size: meta, done marker, record, site tables, ground truth."""
-    return ["synth_meta.json", ".complete", RECORD, PROGRESS, *TABLE_FILES, *_ground_truth_files()]
+    return ["synth_meta.json", ".complete", RECORD, *TABLE_FILES, *_ground_truth_files()]
 
 
 def mask_path(image_path: str) -> str:
@@ -66,9 +66,10 @@ def mask_path(image_path: str) -> str:
     return (Path("_synth/masks") / Path(image_path).with_suffix(".png")).as_posix()
 
 
-def write_record(root: Path, jobs: list[dict]) -> None:
-    """_synth/files.txt: every file this run will write (sorted), written before the images."""
-    extra = [COUNTERFACTUALS] if any("remove" in job for job in jobs) else []
+def write_record(root: Path, jobs: list[dict], running: bool = False) -> None:
+    """_synth/files.txt: every file this run will write (sorted), written before the images; while it runs
+    (`running`) the progress file too, which the finished run removes."""
+    extra = ([COUNTERFACTUALS] if any("remove" in job for job in jobs) else []) + ([PROGRESS] if running else [])
     files = sorted({*fixed_files(), *extra, *(job["path"] for job in jobs), *(mask_path(job["path"]) for job in jobs)})
     text = "".join(f"{name}\n" for name in files)
     atomic_write(root / RECORD, lambda stream: stream.write(text))
@@ -113,6 +114,12 @@ def remove_recorded(root: Path, ours: set[str]) -> None:
             (root / folder).rmdir()
 
 
+def _remove_partial_images(root: Path) -> None:
+    """Delete the images and masks a killed run's workers were writing (`_save_whole`'s temporary names)."""
+    for partial in root.rglob(".*.partial.*"):
+        partial.unlink()
+
+
 def prepare_root(root: Path, force: bool) -> None:
     """Refuse a non-empty root without force; with force remove only the files a previous run recorded, and
     refuse, naming them, if the tree holds any other file (a user's file is never deleted)."""
@@ -126,6 +133,7 @@ def prepare_root(root: Path, force: bool) -> None:
                 f"{root} holds files not written by `synth` (no synth_meta.json): refusing to "
                 "delete them even with --force; choose an empty --out"
             )
+        _remove_partial_images(root)
         ours = recorded_files(root)
         foreign = foreign_files(root, ours)
         if foreign:
@@ -331,8 +339,7 @@ def _resume_or_prepare(root: Path, seed: int, per_site: int, size: int, force: b
     preparing root as a fresh run does."""
     started = (root / "synth_meta.json").is_file() and not (root / ".complete").is_file()
     if resume and started:
-        for partial in root.rglob(".*.partial.*"):  # images a killed worker was writing: rendered again
-            partial.unlink()
+        _remove_partial_images(root)
         return rendered_so_far(root, seed, per_site, size)
     if resume and (root / ".complete").is_file() and not force:
         raise FileExistsError(f"{root} is complete: nothing to resume (--force replaces it)")
@@ -376,7 +383,7 @@ def generate(root: Path, per_site: int, size: int, seed: int, workers: int, forc
         templates, aspects = pending.result()
     jobs = [job for site in SITES for job in parts[site][0]]
     jobs += counterfactual_jobs(jobs, remove) if remove else []
-    write_record(root, jobs)
+    write_record(root, jobs, running=True)
     prepared = time.perf_counter()
     rendered_before = len(done)
     results = _render_all(root, jobs, done, workers, templates, aspects)
@@ -400,6 +407,7 @@ def generate(root: Path, per_site: int, size: int, seed: int, workers: int, forc
     }
     write_meta(root, seed, per_site, size, {site: len(parts[site][0]) for site in SITES})
     (root / PROGRESS).unlink(missing_ok=True)  # the tree is whole: nothing left to resume
+    write_record(root, jobs)
     (root / ".complete").write_text("synthetic demo data complete\n")  # last: the Makefile's done marker
     return summary
 
