@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrcore.experiments import paper001
-from cxrcore.experiments.tables import RESULT_COLUMNS, auroc_table, bootstrap_draws, result_row, scored_findings
+from cxrcore.experiments.tables import auroc_table, bootstrap_draws, results_table, scored_findings
 from cxrcore.manifest import write_derived_manifest
 from cxrcore.metrics import auroc_per_class, fold_summary, score_column
 from cxrcore.runner import Result, run
@@ -54,10 +54,7 @@ def runs(settings: Settings) -> dict[str, Result]:
 
 def results(settings: Settings) -> pd.DataFrame:
     """One row per resampling (RESULT_COLUMNS)."""
-    draws = bootstrap_draws(settings)
-    rows = [result_row(NAME, paper001.BASE, fold, result, paper001.FINDINGS, draws)
-            for fold, result in runs(settings).items()]
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return results_table(NAME, paper001.BASE, runs(settings), paper001.FINDINGS, bootstrap_draws(settings))
 
 
 def fold_table(finished: dict[str, Result]) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from cxrcore.cam import class_activation_map
 from cxrcore.experiments import paper001
 from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.experiments.tables import bootstrap_draws, results_table
 from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.metrics import bootstrap_auroc_ci, resample_patients, score_column
 from cxrcore.runner import Result, run
@@ -114,10 +114,7 @@ def runs(settings: Settings) -> dict[str, Result]:
 
 def results(settings: Settings) -> pd.DataFrame:
     """One row per model (RESULT_COLUMNS): mean test AUROC over the 14 findings."""
-    draws = bootstrap_draws(settings)
-    rows = [result_row(NAME, paper001.BASE, name, result, paper001.FINDINGS, draws)
-            for name, result in runs(settings).items()]
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return results_table(NAME, paper001.BASE, runs(settings), paper001.FINDINGS, bootstrap_draws(settings))
 
 
 def _auroc_row(predictions: pd.DataFrame, n_boot: int) -> dict:

@@ -56,6 +56,13 @@ def result_row(experiment: str, model: str, arm: str, result: Result, findings: 
             "kept_epoch": result.metrics["best_epoch"], "images_per_s": history["images_per_s"].mean()}
 
 
+def results_table(experiment: str, model: str, finished: Mapping[str, Result], findings: Sequence[str],
+                  n_boot: int) -> pd.DataFrame:
+    """An experiment's table (RESULT_COLUMNS): one row per arm (the keys of `finished`) of one model."""
+    rows = [result_row(experiment, model, arm, result, findings, n_boot) for arm, result in finished.items()]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
 def pairwise_delong(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]],
                     findings: Sequence[str]) -> pd.DataFrame:
     """DeLong's test per finding for every pair of arms within each group, with Benjamini-Hochberg q values."""
