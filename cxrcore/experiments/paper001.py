@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cxrcore.experiments import source_models
-from cxrcore.experiments.tables import RESULT_COLUMNS, auroc_table, bootstrap_draws, result_row, scored_findings
+from cxrcore.experiments.tables import (
+    RESULT_COLUMNS,
+    auroc_table,
+    bootstrap_draws,
+    bootstrap_mean_interval,
+    result_row,
+    scored_findings,
+)
 from cxrcore.findings import NIH_HARMONIZED, PATIENT_TARGETS
 from cxrcore.metrics import auroc_per_class, bootstrap_auroc_ci, mae, score_column
 from cxrcore.models import build_model
@@ -157,25 +163,12 @@ def patient_target_table(result: Result, n_boot: int, seed: int = 0) -> pd.DataF
                                       seed=seed, names=[target])
         rows[target] = {"metric": "AUROC", "value": interval["auroc"].iloc[0], "low": interval["low"].iloc[0],
                         "high": interval["high"].iloc[0]}
-    counted = predictions["age"].notna()
-    errors = (predictions.loc[counted, "age"] - predictions.loc[counted, score_column("age")]).abs().to_numpy()
-    rows["age"] = {"metric": "MAE (years)", "value": mae(predictions.loc[counted, "age"],
-                                                        predictions.loc[counted, score_column("age")]),
-                   **_bootstrap_mean(errors, predictions.loc[counted, "patient_id"].to_numpy(), n_boot, seed)}
+    aged = predictions[predictions["age"].notna()]
+    low, high = bootstrap_mean_interval((aged["age"] - aged[score_column("age")]).abs(), aged["patient_id"], n_boot,
+                                        seed)
+    rows["age"] = {"metric": "MAE (years)", "value": mae(aged["age"], aged[score_column("age")]), "low": low,
+                   "high": high}
     return pd.DataFrame(rows).T
-
-
-def _bootstrap_mean(values: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
-    """95 % patient-bootstrap interval of a mean of per-image values."""
-    rng = np.random.default_rng(seed)
-    patients, codes = np.unique(groups, return_inverse=True)
-    sums, counts = np.bincount(codes, weights=values), np.bincount(codes)
-    draws = []
-    for _ in range(n_boot):
-        chosen = rng.integers(0, len(patients), len(patients))
-        draws.append(sums[chosen].sum() / counts[chosen].sum())
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"low": float(low), "high": float(high)}
 
 
 def metadata_only_auroc(finished: dict[tuple[str, str], Result]) -> pd.Series:

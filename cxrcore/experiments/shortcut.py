@@ -22,16 +22,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cxrcore.cam import class_activation_map
 from cxrcore.experiments import paper001
 from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
-from cxrcore.experiments.tables import bootstrap_draws, results_table
+from cxrcore.experiments.tables import bootstrap_draws, bootstrap_mean_interval, results_table
 from cxrcore.manifest import load_manifest, write_derived_manifest
-from cxrcore.metrics import bootstrap_auroc_ci, resample_patients, score_column
+from cxrcore.metrics import bootstrap_auroc_ci, score_column
 from cxrcore.runner import Result, run
 from cxrcore.settings import Settings, quick_sized
 from data_prep.synth.write import COUNTERFACTUALS
@@ -171,12 +170,9 @@ def mean_change(scores: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFram
         group = scores[scores[FINDING] == label]
         if group.empty:
             continue
-        rng = np.random.default_rng(seed)
-        changes = group["change"].to_numpy()
-        draws = [changes[resample_patients(group["patient_id"].to_numpy(), rng)].mean() for _ in range(n_boot)]
-        low, high = np.percentile(draws, [2.5, 97.5])
-        rows[name] = {"films": len(group), "mean change": float(changes.mean()), "low": float(low),
-                      "high": float(high), "mean score with the drain": float(group["score"].mean())}
+        low, high = bootstrap_mean_interval(group["change"], group["patient_id"], n_boot, seed)
+        rows[name] = {"films": len(group), "mean change": float(group["change"].mean()), "low": low, "high": high,
+                      "mean score with the drain": float(group["score"].mean())}
     return pd.DataFrame(rows).T
 
 

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-from cxrcore.metrics import delong_test, precision_recall_f1, score_column, summarize, thresholds
+from cxrcore.metrics import (
+    delong_test,
+    precision_recall_f1,
+    resample_patients,
+    score_column,
+    summarize,
+    thresholds,
+)
 from cxrcore.presets import QUICK_FIELDS, get_preset
 from cxrcore.runner import Result, resolved_preset, train_image_count
 from cxrcore.settings import Settings
@@ -54,6 +61,17 @@ def result_row(experiment: str, model: str, arm: str, result: Result, findings: 
             "test_images": result.metrics["images"]["test"], "mean_auroc": mean["auroc"], "ci_low": mean["low"],
             "ci_high": mean["high"], "seconds": result.elapsed, "epochs": len(history),
             "kept_epoch": result.metrics["best_epoch"], "images_per_s": history["images_per_s"].mean()}
+
+
+def bootstrap_mean_interval(values: Sequence[float], groups: Sequence, n_boot: int, seed: int = 0
+                            ) -> tuple[float, float]:
+    """95 % patient-bootstrap interval of the mean of per-image values (each draw resamples the patients with all
+    their images: `metrics.resample_patients`)."""
+    rng = np.random.default_rng(seed)
+    values, groups = np.asarray(values, dtype=float), np.asarray(groups)
+    draws = [values[resample_patients(groups, rng)].mean() for _ in range(n_boot)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def results_table(experiment: str, model: str, finished: Mapping[str, Result], findings: Sequence[str],
