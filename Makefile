@@ -33,8 +33,8 @@ endif
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS      ?= book,test
 CXR_PROFILE   ?= quick
-# `make test` executes every chapter in the smoke profile: the quick profile's runs, each on a quarter of its training
-# images for at most two epochs, so the test suite checks every chapter end to end in minutes while `make book`
+# `make test` executes every chapter in the smoke profile: the quick profile's runs, each on an eighth of its training
+# images for at most one epoch, so the test suite checks every chapter end to end in minutes while `make book`
 # trains the quick book (~55 min on two cores); TEST_PROFILE=quick tests the quick book itself
 TEST_PROFILE  ?= smoke
 # the demo sites `make data` writes: DEMO=quick (3,000 images per site at 128 px, data/demo) or DEMO=gpu (20,000 per

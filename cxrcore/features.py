@@ -61,13 +61,15 @@ def pooled_features(net: CXRNet, images: Dataset, *, batch_size: int, device: st
 
 
 def feature_loaders(net: CXRNet, train: Dataset, valid: Dataset, *, batch_size: int, seed: int = 0,
-                    num_workers: int = 0, device: str = "auto") -> tuple[DataLoader, DataLoader]:
-    """Training (shuffled like make_loader's) and validation loaders over cached features of un-augmented images."""
+                    num_workers: int = 0, device: str = "auto", draws: int | None = None
+                    ) -> tuple[DataLoader, DataLoader]:
+    """Training (shuffled like make_loader's, `draws` an epoch if given) and validation loaders over cached features
+    of un-augmented images."""
     if getattr(train, "augment", None):
         raise ValueError("cached features are computed once: the training dataset must not augment (augment=False)")
     loaders = []
     for dataset, shuffle in ((train, True), (valid, False)):
         pooled = pooled_features(net, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
         loaders.append(make_loader(FeatureDataset(dataset, pooled), batch_size=batch_size, shuffle=shuffle,
-                                   seed=seed, device=device))
+                                   seed=seed, device=device, draws=draws if shuffle else None))
     return loaders[0], loaders[1]

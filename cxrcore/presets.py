@@ -21,9 +21,9 @@ QUICK_SCHEDULER = "onecycle"
 # what quick_profile_preset() changes: shown in the recipe tables
 QUICK_FIELDS = ("image_size", "batch_size", "epochs", "scheduler")
 # The smoke profile (`make test`) executes every chapter end to end on two cores in minutes: the quick profile's
-# runs with at most two epochs on a quarter of each run's training images; its numbers check code, not teach.
-SMOKE_MAX_EPOCHS = 2
-SMOKE_TRAIN_SHARE = 0.25
+# runs for at most one epoch on an eighth of each run's training images; its numbers check code, not teach.
+SMOKE_MAX_EPOCHS = 1
+SMOKE_TRAIN_SHARE = 0.125
 
 
 @dataclass(frozen=True)

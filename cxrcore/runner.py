@@ -255,6 +255,9 @@ class RunConfig:
     max_train_images: int | None = None  # random whole patients (seeded) up to this many images
     max_valid_images: int | None = None
     max_test_images: int | None = None
+    # training images drawn each epoch (a fresh draw without replacement, copies included); None: every row once.
+    # Equal draws give an up-sampled run the plain run's gradient steps (the smoke profile scales it by its share).
+    draws_per_epoch: int | None = None
     normalization: str | list = "imagenet"  # imagenet | dataset (training images' statistics) | none | [mean, std]
     loss_weighting: str = "none"  # none | pos_weight (negatives/positives) | paper002 (3-class weights)
     num_workers: int = 0  # machinery only: not part of the key
@@ -280,7 +283,7 @@ class RunConfig:
             _choice(name, getattr(self, name), FINAL_SPLITS)
         self.test_manifest = None if self.test_manifest is None else _path_text("test_manifest", self.test_manifest)
         self.views = _views(self.views)
-        for name in ("max_train_images", "max_valid_images", "max_test_images"):
+        for name in ("max_train_images", "max_valid_images", "max_test_images", "draws_per_epoch"):
             if getattr(self, name) is not None:
                 _whole(name, getattr(self, name), 1)
         self.normalization = _normalization(self.normalization, self.channels)
@@ -470,6 +473,13 @@ def _train_share(config: RunConfig) -> float:
     return SMOKE_TRAIN_SHARE if (config.profile or "").lower() == "smoke" else 1.0
 
 
+def _draws(config: RunConfig) -> int | None:
+    """Training draws per epoch: the config's, cut by the profile's share like the training rows; None: every row."""
+    if config.draws_per_epoch is None:
+        return None
+    return max(1, round(config.draws_per_epoch * _train_share(config)))
+
+
 def _split_rows(manifest: pd.DataFrame, split: str, views: list[str] | None, limit: int | None, seed: int,
                 source: str, share: float = 1.0) -> pd.DataFrame:
     """A split's rows (in the views asked for), whole patients up to `limit` images, then `share` of those; a row
@@ -578,11 +588,13 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
     loader = {"batch_size": preset.batch_size, "num_workers": config.num_workers, "seed": config.seed}
     cfg = preset.train_config(seed=config.seed, loss="multiclass3" if config.head == "multiclass3" else "bce",
                               checkpoint_dir=str(work / "checkpoints"), progress=progress)
+    draws = _draws(config)
     if config.feature_cache:
-        trained, loaders = HeadOnly(model), feature_loaders(model, train, valid, device=cfg.device, **loader)
+        trained, loaders = HeadOnly(model), feature_loaders(model, train, valid, device=cfg.device, draws=draws,
+                                                            **loader)
     else:
-        lone = len(train) % preset.batch_size == 1  # a batch of one image cannot train BatchNorm: dropped
-        trained, loaders = model, (make_loader(train, shuffle=True, drop_last=lone, **loader),
+        lone = (draws or len(train)) % preset.batch_size == 1  # a batch of one image cannot train BatchNorm: dropped
+        trained, loaders = model, (make_loader(train, shuffle=True, drop_last=lone, draws=draws, **loader),
                                    make_loader(valid, **loader))
     history = fit(trained, *loaders, cfg=cfg, class_names=config.findings, **_loss_weights(config, train))
     predictions = predict(model, make_loader(test, **loader), class_names=config.findings, device=cfg.device,
@@ -602,6 +614,7 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
             "test_mae": {name: None if np.isnan(value) else float(value) for name, value in maes.items()},
             "best_epoch": history.best_epoch, "select_by": history.select_by,
             "images": {"train": len(train), "valid": len(valid), "test": len(test)},
+            "draws_per_epoch": draws or len(train),
             "normalization": {"mean": train.mean, "std": train.std},
             "weights": str(model.weights_report) if model.weights_report else "random initialisation"}
 

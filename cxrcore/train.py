@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -125,16 +125,27 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False, distributed: bool | None = None, device: str | torch.device | None = None,
-                prefetch_factor: int | None = None) -> DataLoader:
-    """DataLoader with a seeded generator, pinned memory on CUDA, persistent workers, DistributedSampler under DDP."""
+                prefetch_factor: int | None = None, draws: int | None = None) -> DataLoader:
+    """DataLoader with a seeded generator, pinned memory on CUDA, persistent workers, DistributedSampler under DDP.
+
+    `distributed=None`: under an initialised process group a shuffled (training) loader is sharded across the ranks;
+    an evaluation loader (not shuffled) stays whole, because rank 0 alone validates and predicts on it.
+    `draws`: a shuffled loader yields this many items an epoch, drawn without replacement (a fresh permutation each
+    epoch; more draws than items walk through several), instead of every item once.
+    """
     device = resolve_device("auto" if device is None else device)
-    distributed = _distributed()[0] if distributed is None else distributed
+    distributed = (_distributed()[0] and shuffle) if distributed is None else distributed
+    if draws is not None and (not shuffle or distributed or draws < 1):
+        raise ValueError(f"draws={draws}: a whole number of draws per epoch needs shuffle=True and no "
+                         f"DistributedSampler (shuffle={shuffle}, distributed={distributed})")
+    generator = torch.Generator().manual_seed(seed)
     sampler = None
     if distributed:
         _, rank, world = _distributed()
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
-    generator = torch.Generator().manual_seed(seed)
+    elif draws is not None:  # the loader's generator drives it, so a checkpoint's RNG state resumes it
+        sampler = RandomSampler(dataset, num_samples=draws, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=drop_last,
                       persistent_workers=num_workers > 0, generator=generator,

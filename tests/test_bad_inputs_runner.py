@@ -122,6 +122,7 @@ def test_every_preset_field_an_override_may_set_is_checked(site, tmp_path) -> No
     ({"channels": 2}, r"channels=2: expected one of \[1, 3\]"),
     ({"seed": "0"}, r"seed='0': expected a whole number >= 0"),
     ({"max_train_images": 0}, r"max_train_images=0: expected a whole number >= 1"),
+    ({"draws_per_epoch": 0}, r"draws_per_epoch=0: expected a whole number >= 1"),
     ({"normalization": [0.5, 0.25]}, r"normalization=\[0.5, 0.25\]: expected one of \['imagenet', 'dataset', 'none'"),
     ({"normalization": [[0.5], [0]]}, r"std > 0"),
     ({"arch": "resnet19"}, r"arch='resnet19': expected one of \['densenet121'"),

@@ -148,8 +148,8 @@ def test_recipe_table_puts_each_paper_beside_this_run(tmp_path) -> None:
     assert paper000.loc["lr"].tolist() == ["0.001", "0.001"]  # the quick profile keeps the paper's rate
     assert paper000.loc["training images"].tolist() == ["2,000 (all)", "100 or 600"]
     assert table.xs("paper003", axis=1, level=0).loc["training images"].tolist() == ["2,000 (all)", "2,000"]
-    smoke = recipe_table([{**configs[0], "profile": "smoke"}], 2_000).droplevel([0, 1], axis=1)  # a quarter, 2 epochs
-    assert smoke.loc[["epochs", "training images"], "this run"].tolist() == ["2", "150"]
+    smoke = recipe_table([{**configs[0], "profile": "smoke"}], 2_000).droplevel([0, 1], axis=1)  # an eighth, 1 epoch
+    assert smoke.loc[["epochs", "training images"], "this run"].tolist() == ["1", "75"]
 
 
 def test_mean_rows_and_their_sentences() -> None:

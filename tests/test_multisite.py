@@ -14,6 +14,7 @@ import pytest
 from cxrcore import make_settings
 from cxrcore.experiments import multisite, source_models
 from cxrcore.experiments.evaluation import evaluate, evaluation_file
+from cxrcore.experiments.training import evaluate_all
 from cxrcore.manifest import load_manifest
 from cxrcore.runner import Result, run
 from data_prep.synth import add_arguments, main
@@ -96,6 +97,21 @@ def test_evaluation_is_cached_and_redone_for_a_changed_manifest(settings, tiny_r
     assert evaluation_file(result, changed) != cached and len(fewer) == len(first) - 1
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         evaluate(result, tmp_path / "missing.csv")
+
+
+def test_the_command_tests_every_model_on_every_site_two_at_a_time(settings, tiny_runs, tmp_path: Path) -> None:
+    assert len(multisite.evaluations(settings)) == len(multisite.configs(settings)) * len(multisite.SITES)
+    copies = []
+    for site, path in multisite.test_manifests(settings).items():  # new contents: nothing cached for them yet
+        copies.append(tmp_path / f"{site}.csv")
+        load_manifest(path).iloc[:-2].to_csv(copies[-1], index=False)
+    pairs = [(result.config["run"], copy) for result in list(tiny_runs.values())[:2] for copy in copies]
+    evaluate_all(pairs, settings.runs_dir, jobs=2)
+    for config, manifest in pairs:
+        result = run(config, runs_dir=settings.runs_dir)
+        stamp = evaluation_file(result, manifest).stat().st_mtime_ns
+        assert len(evaluate(result, manifest)) == len(load_manifest(manifest))  # read back, not predicted again
+        assert evaluation_file(result, manifest).stat().st_mtime_ns == stamp
 
 
 def test_matrix_paired_tests_and_delong(settings, tiny_runs) -> None:

@@ -51,6 +51,9 @@ def test_sections_share_their_runs_and_up_sample_only_training_images(settings) 
     assert (copies(upsampled[upsampled["split"] != "train"]) == 1).all() and copies(upsampled).max() > 1
     leaky = configs[("leak", "leaky protocol")]
     assert leaky["max_train_images"] == train_image_count(configs[("leak", "correct protocol")])
+    plain_draws = train_image_count(configs[("imbalance", "nothing")])  # the same gradient steps for every variant
+    assert plain_draws < leaky["max_train_images"] and configs[("imbalance", "nothing")].get("draws_per_epoch") is None
+    assert configs[("imbalance", "up-sampling")]["draws_per_epoch"] == leaky["draws_per_epoch"] == plain_draws
     assert Path(leaky["data_root"]) == paper003.leaky_root(settings)
     assert paper003.stages(settings)[0] == source_models.stages(settings)[0]
 

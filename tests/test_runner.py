@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cli import dispatch
+from cxrcore.experiments.tables import gradient_steps
 from cxrcore.findings import patient_targets
 from cxrcore.metrics import score_column
 from cxrcore.models import build_model
@@ -125,9 +126,11 @@ def test_smoke_profile_cuts_the_quick_runs_images_and_epochs(site, tmp_path):
     smoke = resolved_preset(_config(root, manifest, overrides=cut, profile="smoke"))
     assert (quick.epochs, smoke.epochs) == (3, SMOKE_MAX_EPOCHS)
     assert dataclasses.replace(smoke, epochs=quick.epochs) == quick  # nothing else changes
-    result = run(_config(root, manifest, overrides=cut, profile="smoke"), runs_dir=tmp_path / "runs")
-    assert 0 < result.metrics["images"]["train"] <= 12 * SMOKE_TRAIN_SHARE  # whole patients, up to 3 of 12 images
+    result = run(_config(root, manifest, overrides=cut, profile="smoke", draws_per_epoch=16),
+                 runs_dir=tmp_path / "runs")
+    assert 0 < result.metrics["images"]["train"] <= round(12 * SMOKE_TRAIN_SHARE)  # whole patients, a share of 12
     assert result.metrics["images"]["test"] == 6 and len(result.history) == SMOKE_MAX_EPOCHS  # test set as quick
+    assert result.metrics["draws_per_epoch"] == round(16 * SMOKE_TRAIN_SHARE)  # draws cut alike
     assert run_key(_config(root, manifest, profile="smoke"), runs_dir=tmp_path) != run_key(
         _config(root, manifest), runs_dir=tmp_path)
 
@@ -142,6 +145,20 @@ def test_copies_repeat_training_images_only(site, tmp_path):
     assert train_image_count(config) == 14 and train_image_count({**config, "max_train_images": 13}) <= 13
     result = run(config, runs_dir=tmp_path / "runs")
     assert result.metrics["images"] == {"train": 14, "valid": 6, "test": 6}  # 12 training images, one drawn 3 times
+
+
+def test_draws_per_epoch_give_an_up_sampled_run_the_plain_runs_steps(site, tmp_path):
+    """Row 0 drawn five times makes 16 training rows; 12 draws an epoch take the 12-image run's 3 batches of 4."""
+    root, manifest = site
+    table = pd.read_csv(manifest, dtype=str)
+    table["copies"] = [5 if i == 0 else 1 for i in range(len(table))]
+    repeated = tmp_path / "repeated.csv"
+    table.to_csv(repeated, index=False)
+    config = _config(root, repeated, overrides={"image_size": 32, "epochs": 2, "batch_size": 4}, draws_per_epoch=12)
+    result = run(config, runs_dir=tmp_path / "runs")
+    assert result.metrics["images"]["train"] == 16 and result.metrics["draws_per_epoch"] == 12
+    assert gradient_steps(result) == 2 * 3
+    assert run_key(config, runs_dir=tmp_path) != run_key({**config, "draws_per_epoch": None}, runs_dir=tmp_path)
 
 
 def test_bad_configs_fail_clearly(site, tmp_path):

@@ -207,3 +207,17 @@ def test_bf16_autocast_and_channels_last_run_on_cpu():
     assert histories["bf16"]["loss"].iloc[0] == pytest.approx(histories["fp32"]["loss"].iloc[0], rel=0.05)
     assert histories["bf16"]["loss"].iloc[1] < histories["bf16"]["loss"].iloc[0]
     assert all(p.dtype == torch.float32 for p in models["bf16"].parameters())
+
+
+def test_draws_per_epoch_are_a_fresh_draw_without_replacement_each_epoch():
+    numbers = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = make_loader(numbers, batch_size=4, shuffle=True, seed=1, draws=6, device="cpu")
+    epochs = [torch.cat([batch[0] for batch in loader]).tolist() for _ in range(2)]
+    assert len(loader) == 2 and [len(e) for e in epochs] == [6, 6]
+    assert all(len(set(e)) == 6 for e in epochs) and epochs[0] != epochs[1]
+    more = torch.cat([batch[0] for batch in make_loader(numbers, batch_size=5, shuffle=True, draws=25,
+                                                         device="cpu")]).tolist()
+    assert sorted(set(np.bincount(more, minlength=10))) == [2, 3]  # two whole permutations, then 5 of a third
+    with pytest.raises(ValueError, match=r"draws=3: .*needs shuffle=True"):
+        make_loader(numbers, batch_size=4, draws=3, device="cpu")
+

@@ -11,6 +11,8 @@ Layers (each imports only the layers below it):
 An experiment module defines `stages(settings)` (lists of run configs; a stage's runs are independent, so they may
 train in parallel, and a later stage may start from an earlier stage's runs) and `results(settings)` (its table, one
 row per model and arm). A chapter and the command call the same two functions, so they read the same cached runs.
+A module may also define `evaluations(settings)`: (run config, manifest) pairs, finished runs to test on another
+manifest's test split (`evaluation.evaluate`), which the command computes after training, as many at once as runs.
 """
 from __future__ import annotations
 

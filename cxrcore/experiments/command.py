@@ -7,7 +7,7 @@ import sys
 import time
 
 from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, experiment
-from cxrcore.experiments.training import train_stages
+from cxrcore.experiments.training import evaluate_all, train_stages
 from cxrcore.settings import settings
 
 
@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Train what is missing from the run cache, then print the results table (settings from the environment)."""
+    """Train what is missing from the run cache, test the runs on the other test sets the chapter reads, then print
+    the results table (settings from the environment)."""
     context = settings()
     names = list(BOOK_EXPERIMENTS) if args.name == "all" else [args.name]
     start = time.perf_counter()
@@ -33,6 +34,8 @@ def main(args: argparse.Namespace) -> int:
     merged = [[config for parts in stages if k < len(parts) for config in parts[k]]
               for k in range(max(map(len, stages)))]
     train_stages(merged, context.runs_dir, jobs=args.jobs)
+    evaluations = [getattr(experiment(name), "evaluations", lambda _: [])(context) for name in names]
+    evaluate_all([pair for pairs in evaluations for pair in pairs], context.runs_dir, jobs=args.jobs)
     print(f"==> experiment {', '.join(names)}: trained in {time.perf_counter() - start:.0f} s", file=sys.stderr,
           flush=True)
     if args.name == "all":

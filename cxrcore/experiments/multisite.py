@@ -198,6 +198,12 @@ def runs(settings: Settings) -> dict[str, Result]:
     return {name: run(config, runs_dir=settings.runs_dir) for name, config in configs(settings).items()}
 
 
+def evaluations(settings: Settings) -> list[tuple[dict, Path]]:
+    """Every model on every site's test images: what `cross_site_predictions` reads (the command computes them)."""
+    tests = test_manifests(settings)
+    return [(config, path) for config in configs(settings).values() for path in tests.values()]
+
+
 def cross_site_predictions(settings: Settings, finished: Mapping[str, Result]) -> dict[tuple[str, str], pd.DataFrame]:
     """(model, site) -> the model's predictions on the site's test images (inference only, cached per run)."""
     tests = test_manifests(settings)

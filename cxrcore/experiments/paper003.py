@@ -9,10 +9,12 @@
   - bases: DenseNet-121, ResNet-50 and VGG-16, each frozen (the head trained on cached features) and fully trained;
   - imbalance, on DenseNet-121 (paper 003's best base): nothing | loss weighting (`pos_weight`) | up-sampling (the
     rare findings' positive training images drawn more often, `data_prep.upsample.upsample_rare`, after the
-    patient-wise split, in the training split only);
+    patient-wise split, in the training split only), each epoch a draw of as many images as the plain run trains on
+    (`draws_per_epoch`: the same gradient steps for every variant);
   - leak: paper 003's published protocol (up-sample, then split by image:
     `data_prep.upsample.leaky_upsample_then_split`) beside the correct one (the up-sampling run above), both also
-    scored on the site's radiologist-labelled test set (valid.csv), which neither protocol touched.
+    scored on the site's radiologist-labelled test set (valid.csv), which neither protocol touched; both draw the
+    plain run's number of training images an epoch.
 """
 from __future__ import annotations
 
@@ -116,14 +118,23 @@ def configs(settings: Settings) -> dict[tuple[str, str], dict]:
     out[("imbalance", "nothing")] = out[("bases", f"{BEST_BASE.name}, full")]
     out[("imbalance", "pos_weight")] = run_config(BEST_BASE, paths["plain"], settings, best,
                                                   loss_weighting="pos_weight")
-    out[("imbalance", "up-sampling")] = run_config(BEST_BASE, paths["up-sampled"], settings, best)
+    # every run draws the plain run's number of training images an epoch (the same gradient steps): up-sampling
+    # changes which images are drawn, not how long the network trains
+    draws = training_draws(paths["plain"])
+    out[("imbalance", "up-sampling")] = {**run_config(BEST_BASE, paths["up-sampled"], settings, best),
+                                         "draws_per_epoch": draws}
     out[("leak", "correct protocol")] = out[("imbalance", "up-sampling")]
     leaky = run_config(BEST_BASE, paths["leaky"], settings, best, data_root=leaky_root(settings))
-    # as many training draws as the correct protocol's up-sampled training split (a profile's share cuts both alike)
-    upsampled = load_manifest(paths["up-sampled"])
-    draws = int(copies(upsampled[upsampled["split"] == "train"]).sum())
-    out[("leak", "leaky protocol")] = {**leaky, "max_train_images": draws}
+    # a pool as large as the correct protocol's up-sampled training split (a profile's share cuts both alike)
+    out[("leak", "leaky protocol")] = {**leaky, "max_train_images": training_draws(paths["up-sampled"]),
+                                       "draws_per_epoch": draws}
     return out
+
+
+def training_draws(manifest: Path) -> int:
+    """A manifest's training rows with their copies (an up-sampled image counts once per copy)."""
+    table = load_manifest(manifest)
+    return int(copies(table[table["split"] == "train"]).sum())
 
 
 def stages(settings: Settings) -> list[list[dict]]:

@@ -106,6 +106,13 @@ def stages(settings: Settings) -> list[list[dict]]:
     return [list(configs(settings).values())] if has_counterfactuals(settings.data_root) else []
 
 
+def evaluations(settings: Settings) -> list[tuple[dict, Path]]:
+    """Both models on the counterfactual test films (none without counterfactuals), as the chapter reads them."""
+    if not has_counterfactuals(settings.data_root):
+        return []
+    return [(config, counterfactual_test_manifest(settings)) for config in configs(settings).values()]
+
+
 def runs(settings: Settings) -> dict[str, Result]:
     """Model name -> finished run."""
     return {name: run(config, runs_dir=settings.runs_dir) for name, config in configs(settings).items()}

@@ -144,8 +144,9 @@ def f1_by_arm(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def gradient_steps(result: Result) -> int:
-    """Optimizer steps a run took: its epochs times its batches of training images per epoch."""
-    batches = math.ceil(result.metrics["images"]["train"] / result.config["preset"]["batch_size"])
+    """Optimizer steps a run took: its epochs times its batches of training draws per epoch."""
+    draws = result.metrics.get("draws_per_epoch", result.metrics["images"]["train"])
+    batches = math.ceil(draws / result.config["preset"]["batch_size"])
     return len(result.history) * batches
 
 

@@ -1,5 +1,6 @@
 """Train experiments' runs, several at once (one process per run, threads split), each as soon as the runs it
-starts from are done, the longest first."""
+starts from are done, the longest first; then test finished runs on other manifests (`evaluate_all`), as many at
+once."""
 from __future__ import annotations
 
 import multiprocessing
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cxrcore.experiments.evaluation import evaluate, evaluation_file
 from cxrcore.runner import run, run_key
 
 # relative cost of one training image at the quick profile's size on a CPU (the benchmarks appendix): only the
@@ -94,3 +96,30 @@ def _train_parallel(pending: dict[str, dict], order: list[str], needed: dict[str
             for future in finished:
                 done.add(running.pop(future))
                 _report(*future.result()[:2])  # re-raises a failed run's error
+
+
+def _evaluate_one(config: dict, manifest: str, runs_dir: str) -> None:
+    evaluate(run(config, runs_dir=runs_dir), manifest)
+
+
+def evaluate_all(evaluations: list[tuple[dict, Path]], runs_dir: Path, jobs: int = 1) -> None:
+    """Test each finished run on its manifest's test split (`evaluation.evaluate`, cached), those not yet cached,
+    `jobs` at once: inference only, so the chapters read every table back."""
+    pending = list({str(evaluation_file(run(config, runs_dir=runs_dir), manifest)): (config, str(manifest))
+                    for config, manifest in evaluations}.items())
+    pending = [(config, manifest) for path, (config, manifest) in pending if not Path(path).is_file()]
+    if not pending:
+        return
+    start = time.perf_counter()
+    if jobs == 1 or len(pending) == 1:
+        for config, manifest in pending:
+            _evaluate_one(config, manifest, str(runs_dir))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context, initializer=_use_threads,
+                                 initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
+            for future in [pool.submit(_evaluate_one, config, manifest, str(runs_dir)) for config, manifest in pending]:
+                future.result()  # re-raises a failed evaluation's error
+    print(f"  tested {len(pending)} runs on other test sets: {time.perf_counter() - start:.0f} s wall",
+          file=sys.stderr, flush=True)
+
