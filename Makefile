@@ -139,7 +139,7 @@ site-check: venv chromium  ## open every page of the built site (SITE=_build/htm
 test notebooks-test: CXR_PROFILE := $(TEST_PROFILE)
 
 test: venv vendor data lint chromium  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
-	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) pytest $(BIN)/pytest -n $(JOBS) --durations=15
+	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) pytest $(BIN)/pytest -n $(JOBS) --dist loadfile --durations=15
 	@$(MAKE) --no-print-directory notebooks-test
 
 # JupyterLab refuses to start as root (the default user in Docker images and on rented GPU machines) without this
