@@ -27,13 +27,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.distributed as dist
 
 import cxrcore
 from cxrcore.atomic import atomic_write
@@ -51,7 +53,7 @@ from cxrcore.presets import (
     with_overrides,
 )
 from cxrcore.settings import DATA_ROOT_ENV, PROFILES, quick_sized, settings
-from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict
+from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict, process_group
 
 if TYPE_CHECKING:
     from cxrcore.datasets import ManifestDataset
@@ -597,6 +599,8 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
         trained, loaders = model, (make_loader(train, shuffle=True, drop_last=lone, draws=draws, **loader),
                                    make_loader(valid, **loader))
     history = fit(trained, *loaders, cfg=cfg, class_names=config.findings, **_loss_weights(config, train))
+    if process_group()[1] != 0:  # under torchrun, rank 0 alone tests and saves
+        return {}
     predictions = predict(model, make_loader(test, **loader), class_names=config.findings, device=cfg.device,
                           split="test")
     labels = predictions[config.findings]  # NaN where a label does not count (uncertain under u-multiclass)
@@ -676,30 +680,53 @@ def _publish(work: Path, final: Path) -> None:
     os.replace(work, final)
 
 
+def _agreed(flag: bool) -> bool:
+    """Rank 0's flag on every rank of a process group (torchrun); the flag itself outside one."""
+    if not process_group()[0]:
+        return flag
+    payload = [flag]
+    dist.broadcast_object_list(payload, src=0)
+    return bool(payload[0])
+
+
+def _barrier() -> None:
+    if process_group()[0]:
+        dist.barrier()
+
+
 def _compute(config: RunConfig, runs_dir: Path, key: str, force: bool, progress: bool) -> bool:
-    """Train the run into runs_dir/key under its lock; False when another process finished it meanwhile."""
+    """Train the run into runs_dir/key under its lock; False when another process finished it meanwhile.
+
+    Under torchrun every rank trains (DistributedDataParallel); rank 0 holds the lock, prepares the work folder, tests,
+    writes and publishes, and the ranks meet before and after.
+    """
     preset = _resolve_preset(config)
     weights, _ = _resolve_weights(config, runs_dir, execute=True)
     if not config.data_root:
         raise ValueError("run config: 'data_root' is missing (the folder with the sites' layouts)")
     data_root = Path(config.data_root)
     final = runs_dir / key
-    with _run_lock(runs_dir, key):
-        if final.is_dir() and not force:
+    lead = process_group()[1] == 0
+    with _run_lock(runs_dir, key) if lead else nullcontext():
+        if _agreed(final.is_dir() and not force):
             return False
         start = time.perf_counter()
         datasets = _datasets(config, preset, data_root)  # missing images are found here, before any work
-        work = _work_folder(runs_dir, key)
+        work = _work_folder(runs_dir, key) if lead else runs_dir / f".work-{key}"
+        _barrier()  # the work folder is ready (a resumable checkpoint in it kept) before any rank reads it
         try:
             metrics = _train(config, preset, weights, work, datasets, progress)
-            _write_json(work / "config.json", {"key": key, "run": config.to_dict(), "preset": preset.to_dict(),
-                                               "data_root": str(data_root),
-                                               "key_material": _key_material(config, runs_dir)})
-            _write_json(work / "metrics.json", {**metrics, "elapsed_s": time.perf_counter() - start})
-            _publish(work, final)
+            if lead:
+                _write_json(work / "config.json", {"key": key, "run": config.to_dict(), "preset": preset.to_dict(),
+                                                   "data_root": str(data_root),
+                                                   "key_material": _key_material(config, runs_dir)})
+                _write_json(work / "metrics.json", {**metrics, "elapsed_s": time.perf_counter() - start})
+                _publish(work, final)
         except BaseException:
-            _discard_unfinished(work)
+            if lead:
+                _discard_unfinished(work)
             raise
+        _barrier()  # every rank returns the published run
     return True
 
 
@@ -717,7 +744,7 @@ def run(config: dict | RunConfig, *, runs_dir: str | Path | None = None, force: 
     runs_dir = _runs_dir(runs_dir)
     key = run_key(config, runs_dir=runs_dir)
     final = runs_dir / key
-    if (final.is_dir() and not force) or not _compute(config, runs_dir, key, force, progress):
+    if _agreed(final.is_dir() and not force) or not _compute(config, runs_dir, key, force, progress):
         return _read_result(final, key)
     result = _read_result(final, key)
     result.cached = False
@@ -765,8 +792,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _join_torchrun() -> bool:
+    """Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1): join the process group, NCCL on CUDA and gloo on CPU,
+    each process on its own GPU; False when started as one plain process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or process_group()[0]:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the configured experiment and print where it is and its test AUROC."""
+    """Run the configured experiment and print where it is and its test AUROC (under torchrun: every process trains
+    its share of each batch, rank 0 tests, saves and prints)."""
     if not args.config.is_file():
         raise SystemExit(f"config file {args.config} not found")
     try:
@@ -781,7 +820,15 @@ def main(args: argparse.Namespace) -> int:
         RunConfig.from_dict(config)
     except (ValueError, KeyError) as err:  # a bad field: its message, without a traceback into the checks
         raise SystemExit(f"{args.config}: {err.args[0]}") from err
-    result = run(config, runs_dir=args.runs_dir or context.runs_dir, force=args.force, progress=not args.quiet)
+    joined = _join_torchrun()
+    rank = process_group()[1]
+    try:
+        result = run(config, runs_dir=args.runs_dir or context.runs_dir, force=args.force, progress=not args.quiet)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0  # rank 0 reports
     state = "cached" if result.cached else f"trained in {result.elapsed:.0f} s"
     print(f"run {result.key} ({state}): {result.run_dir}")
     print(result.history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -110,7 +110,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _distributed() -> tuple[bool, int, int]:
+def process_group() -> tuple[bool, int, int]:
+    """(joined, rank, world size) of torch.distributed's default process group; (False, 0, 1) outside one."""
     if dist.is_available() and dist.is_initialized():
         return True, dist.get_rank(), dist.get_world_size()
     return False, 0, 1
@@ -134,14 +135,14 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, see
     epoch; more draws than items walk through several), instead of every item once.
     """
     device = resolve_device("auto" if device is None else device)
-    distributed = (_distributed()[0] and shuffle) if distributed is None else distributed
+    distributed = (process_group()[0] and shuffle) if distributed is None else distributed
     if draws is not None and (not shuffle or distributed or draws < 1):
         raise ValueError(f"draws={draws}: a whole number of draws per epoch needs shuffle=True and no "
                          f"DistributedSampler (shuffle={shuffle}, distributed={distributed})")
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if distributed:
-        _, rank, world = _distributed()
+        _, rank, world = process_group()
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
     elif draws is not None:  # the loader's generator drives it, so a checkpoint's RNG state resumes it
@@ -330,7 +331,7 @@ class _Trainer:
     def __init__(self, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, cfg: TrainConfig,
                  class_names: Sequence[str] | None, pos_weight, class_weight):
         self.cfg = cfg
-        self.distributed, self.rank, self.world = _distributed()
+        self.distributed, self.rank, self.world = process_group()
         self.device = resolve_device(cfg.device)
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.channels_last = cfg.channels_last
