@@ -83,11 +83,8 @@ def train_stages(stages: list[list[dict]], runs_dir: Path, jobs: int = 1) -> Non
 
 def _train_parallel(pending: dict[str, dict], order: list[str], needed: dict[str, set[str]], runs_dir: Path,
                     jobs: int) -> None:
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     waiting, done, running = list(order), set(), {}
-    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
-                             initializer=_use_threads, initargs=(threads,)) as pool:
+    with _process_pool(jobs, len(pending)) as pool:
         while waiting or running:
             for key in [k for k in waiting if needed[k] <= done][:jobs - len(running)]:
                 waiting.remove(key)
@@ -98,6 +95,12 @@ def _train_parallel(pending: dict[str, dict], order: list[str], needed: dict[str
                 _report(*future.result()[:2])  # re-raises a failed run's error
 
 
+def _process_pool(jobs: int, tasks: int) -> ProcessPoolExecutor:
+    """Up to `jobs` processes, spawned (no forked torch thread pools), each with cores/jobs threads."""
+    return ProcessPoolExecutor(max_workers=min(jobs, tasks), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_use_threads, initargs=(max(1, (os.cpu_count() or 1) // jobs),))
+
+
 def _evaluate_one(config: dict, manifest: str, runs_dir: str) -> None:
     evaluate(run(config, runs_dir=runs_dir), manifest)
 
@@ -105,9 +108,9 @@ def _evaluate_one(config: dict, manifest: str, runs_dir: str) -> None:
 def evaluate_all(evaluations: list[tuple[dict, Path]], runs_dir: Path, jobs: int = 1) -> None:
     """Test each finished run on its manifest's test split (`evaluation.evaluate`, cached), those not yet cached,
     `jobs` at once: inference only, so the chapters read every table back."""
-    pending = list({str(evaluation_file(run(config, runs_dir=runs_dir), manifest)): (config, str(manifest))
-                    for config, manifest in evaluations}.items())
-    pending = [(config, manifest) for path, (config, manifest) in pending if not Path(path).is_file()]
+    files = {evaluation_file(run(config, runs_dir=runs_dir), manifest): (config, str(manifest))
+             for config, manifest in evaluations}  # an evaluation asked for twice is done once
+    pending = [task for path, task in files.items() if not path.is_file()]
     if not pending:
         return
     start = time.perf_counter()
@@ -115,11 +118,8 @@ def evaluate_all(evaluations: list[tuple[dict, Path]], runs_dir: Path, jobs: int
         for config, manifest in pending:
             _evaluate_one(config, manifest, str(runs_dir))
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context, initializer=_use_threads,
-                                 initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
+        with _process_pool(jobs, len(pending)) as pool:
             for future in [pool.submit(_evaluate_one, config, manifest, str(runs_dir)) for config, manifest in pending]:
                 future.result()  # re-raises a failed evaluation's error
     print(f"  tested {len(pending)} runs on other test sets: {time.perf_counter() - start:.0f} s wall",
           file=sys.stderr, flush=True)
-
