@@ -19,6 +19,7 @@ from PIL import Image
 from cxrcore.runner import run_key
 
 PER_PROCESS_BATCH = 8
+EPOCHS = 3
 # Each process normalises its BatchNorm layers over its own 8 images, one process over all 16, and the batches hold
 # other images (DistributedSampler's order is not RandomSampler's): the runs agree in what they learn, not bit for bit
 AUROC_TOLERANCE = 0.05
@@ -74,9 +75,6 @@ def _metrics(root: Path, runs: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     (run_dir,) = [p for p in (root / runs).iterdir() if p.is_dir() and not p.name.startswith(".")]
     return (json.loads((run_dir / "metrics.json").read_text()), pd.read_csv(run_dir / "history.csv"),
             pd.read_csv(run_dir / "predictions.csv"))
-
-
-EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
