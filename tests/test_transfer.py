@@ -11,7 +11,7 @@ import pytest
 import torch
 from layouts import write_chexpert, write_nih
 
-from cxrcore.experiments import localisation, source_models, transfer, transfer_sizes
+from cxrcore.experiments import localisation, source_models, tables, transfer, transfer_sizes
 from cxrcore.experiments.reported import read_reported
 from cxrcore.experiments.training import dependencies, run_order
 from cxrcore.manifest import load_manifest, write_derived_manifest
@@ -39,6 +39,23 @@ def test_target_manifest(both_sites: Path, tmp_path: Path) -> None:
     assert not table["path"].str.contains("/valid/").any()  # valid.csv is not part of the target site
     assert (table.groupby("patient_id")["split"].nunique() == 1).all()
     assert set(transfer.TARGET_FINDINGS) <= set(table.columns)
+
+
+def test_uncertain_test_labels_are_not_scored(both_sites: Path, tmp_path: Path) -> None:
+    table = load_manifest(transfer.target_manifest(both_sites, tmp_path))
+    findings = transfer.TARGET_FINDINGS
+    raw = table[findings].to_numpy(dtype=float)
+    assert (raw == -1).any() and (raw == 1).any()  # the real label rows hold both
+    trained_on = np.where(np.isnan(raw), 0.0, np.abs(raw))  # U-Ones: uncertain and positive both 1
+    predictions = pd.DataFrame(trained_on, columns=findings).assign(path=table["path"].to_numpy()).iloc[::-1]
+    scored = tables.uncertain_not_scored(predictions, table, findings)
+    reordered = raw[::-1]
+    assert np.array_equal(scored[findings].isna().to_numpy(), reordered == -1)  # exactly the uncertain cells
+    kept = reordered != -1
+    assert np.array_equal(scored[findings].to_numpy()[kept], predictions[findings].to_numpy()[kept])
+    with pytest.raises(ValueError, match="not in the manifest.*nowhere.png"):
+        tables.uncertain_not_scored(pd.concat([predictions, pd.DataFrame({"path": ["nowhere.png"]})]), table,
+                                    findings)
 
 
 def test_source_manifest_keeps_the_official_test_list(both_sites: Path, tmp_path: Path) -> None:
@@ -129,6 +146,10 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
     assert not all(torch.equal(ft_state[key], source_state[key]) for key in backbone)
     assert ots_state["head.weight"].shape == (len(transfer.TARGET_FINDINGS), 2048)
     assert set(ots.predictions["path"]) == set(ft.predictions["path"])
+    scored = tables.certain_labels(ft, transfer.TARGET_FINDINGS)  # what the chapter and the command score
+    assert scored.predictions["path"].equals(ft.predictions["path"]) and scored.metrics == ft.metrics
+    assert (scored.predictions[transfer.TARGET_FINDINGS].isna() >= ft.predictions[transfer.TARGET_FINDINGS].isna()
+            ).all().all()
     health = source_models.health_table({"source": upstream}, source_models.SOURCE_FINDINGS).loc["source"]
     assert health["score spread (mean sd over findings)"] > 0  # a trained network's scores differ between images
     assert 0 <= health["silent channels of the last layer"] <= 1

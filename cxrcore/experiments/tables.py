@@ -3,6 +3,7 @@ and the chapters' comparisons of arms: recipes, pairwise DeLong tests with BH q 
 recall, F1, and the sentences that state them."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
+from cxrcore.manifest import load_manifest
 from cxrcore.metrics import (
     delong_test,
     precision_recall_f1,
@@ -51,6 +53,26 @@ def predictions_auroc_table(predictions: pd.DataFrame, findings: Sequence[str], 
 def auroc_table(result: Result, findings: Sequence[str], n_boot: int) -> pd.DataFrame:
     """Per-finding test AUROC of a finished run with 95 % patient-bootstrap intervals, and their mean."""
     return predictions_auroc_table(result.predictions, findings, n_boot)
+
+
+def uncertain_not_scored(predictions: pd.DataFrame, manifest: pd.DataFrame, findings: Sequence[str]) -> pd.DataFrame:
+    """A predictions table whose labels the manifest marks uncertain (-1) are NaN (not scored), whatever policy the
+    model was trained under: a label its own labeler called uncertain is no ground truth (the CheXpert
+    competition's test labels are radiologists' and certain)."""
+    raw = manifest.drop_duplicates("path").set_index("path")[list(findings)]
+    missing = predictions.loc[~predictions["path"].isin(raw.index), "path"]
+    if len(missing):
+        raise ValueError(f"{len(missing)} predicted image(s) are not in the manifest, e.g. {missing.iloc[0]!r}")
+    uncertain = raw.reindex(predictions["path"]).to_numpy() == -1  # (N, K)
+    return predictions.assign(**{f: predictions[f].mask(uncertain[:, k]) for k, f in enumerate(findings)})
+
+
+def certain_labels(result: Result, findings: Sequence[str]) -> Result:
+    """The run with its uncertain test labels not scored (`uncertain_not_scored` against the manifest it was tested
+    on); the run's own metrics.json keeps the training policy's test labels."""
+    config = result.config["run"]
+    manifest = load_manifest(config.get("test_manifest") or config["manifest"])
+    return dataclasses.replace(result, predictions=uncertain_not_scored(result.predictions, manifest, findings))
 
 
 def result_row(experiment: str, model: str, arm: str, result: Result, findings: Sequence[str], n_boot: int) -> dict:

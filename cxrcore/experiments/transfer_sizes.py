@@ -14,13 +14,13 @@ import pandas as pd
 from cxrcore.experiments import source_models, transfer
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row, scored_findings
 from cxrcore.metrics import bootstrap_mean_difference, score_column
-from cxrcore.runner import Result, run
+from cxrcore.runner import Result
 from cxrcore.settings import Settings
 
 NAME = "transfer-sizes"
 ARCHITECTURE = source_models.ARCHITECTURES[0]  # DenseNet-121: paper 002's network
 PRETRAINED, SCRATCH = "fine-tuned", "from scratch"
-QUICK_SIZES = (100, 300)  # plus the transfer experiment's own training set (its runs are reused)
+QUICK_SIZES = (100, 300, 600)  # plus the transfer experiment's own training set (its runs are reused): all
 FULL_SIZES = (1_000, 10_000, 50_000)
 DIFFERENCE_COLUMNS = ["difference", "difference_low", "difference_high"]
 
@@ -61,7 +61,7 @@ def paired_difference(pretrained: Result, scratch: Result, findings: list[str], 
 def results(settings: Settings) -> pd.DataFrame:
     """One row per size and arm (RESULT_COLUMNS); the pretrained rows add the paired difference to scratch."""
     draws = bootstrap_draws(settings)
-    finished = {key: run(config, runs_dir=settings.runs_dir) for key, config in configs(settings).items()}
+    finished = {key: transfer.finished(config, settings) for key, config in configs(settings).items()}
     rows = []
     for size in sizes(settings):
         pretrained, scratch = finished[(size, PRETRAINED)], finished[(size, SCRATCH)]
