@@ -187,7 +187,10 @@ def _targets(manifest: pd.DataFrame, names: Sequence[str], policy: str | Mapping
 
 
 class ManifestDataset(Dataset):
-    """Images and policy-mapped labels of a manifest; items are dicts (see the item contract in the book)."""
+    """Images and policy-mapped labels of a manifest; items are dicts (see the item contract in the book). An item
+    is asked for by its index, or by (index, seed) to draw its augmentation from that seed."""
+
+    takes_item_seeds = True  # cxrcore.train.make_loader hands a shuffled loader's items their own seeds
 
     def __init__(
         self,
@@ -273,14 +276,23 @@ class ManifestDataset(Dataset):
             self._decoded[index] = array
         return Image.fromarray(array)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, None)
         image = self._decoded_image(index)
         if self.random_transform is not None:
-            image = self.random_transform(image)
+            image = self._augmented(image, seed)
         pixels = _to_array(image)[None]  # (1, H, W)
         # numpy, not torch: small elementwise ops in torch's thread pool cost far more than they compute
         normalized = (pixels - self._mean) / self._std  # (C, H, W), broadcast over channels
         return {"image": torch.from_numpy(normalized), **self.labels(index)}
+
+    def _augmented(self, image: Image.Image, seed: int | None) -> Image.Image:
+        """The random transform drawn from its own seed (`cxrcore.train.ItemSeeds`), else from torch's global RNG."""
+        if seed is None:
+            return self.random_transform(image)
+        with torch.random.fork_rng(devices=[]):  # the item's draw leaves the process's RNG as it was
+            torch.manual_seed(seed)
+            return self.random_transform(image)
 
     def labels(self, index: int) -> dict:
         """An item without its image: target, mask, non-image features and ids."""

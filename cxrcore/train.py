@@ -11,7 +11,8 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -124,6 +125,60 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def item_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """The augmentation seed of dataset item `index` in one epoch of a run, drawn for the `repeat`-th time in that
+    epoch (0 unless an epoch draws more items than there are): a function of these alone."""
+    return int(np.random.SeedSequence([seed, epoch, index, repeat]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class EpochPermutation(Sampler):
+    """A shuffled pass over `size` items, drawn from (seed, epoch) alone, as DistributedSampler draws it: a resumed
+    run repeats the interrupted epoch's order whatever the loader's workers drew before. `draws` items an epoch
+    (default `size`); more draws than items walk through several permutations."""
+
+    def __init__(self, size: int, seed: int, draws: int | None = None) -> None:
+        self.size, self.seed, self.draws, self.epoch = size, seed, size if draws is None else draws, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next pass draws."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        epoch_seed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1
+        generator = torch.Generator().manual_seed(int(epoch_seed))
+        whole, rest = divmod(self.draws, self.size)
+        for _ in range(whole):
+            yield from torch.randperm(self.size, generator=generator).tolist()
+        yield from torch.randperm(self.size, generator=generator)[:rest].tolist()
+
+    def __len__(self) -> int:
+        return self.draws
+
+
+class ItemSeeds(Sampler):
+    """Each index an inner sampler yields, paired with its augmentation seed (`item_seed`): an item is augmented
+    the same way whichever worker loads it, so a resumed epoch repeats the interrupted one exactly, with persistent
+    DataLoader workers too (their own RNG streams would not). `set_epoch` also reaches the inner sampler."""
+
+    def __init__(self, indices: Sampler, seed: int) -> None:
+        self.indices, self.seed, self.epoch = indices, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass draws its seeds for."""
+        self.epoch = epoch
+        if hasattr(self.indices, "set_epoch"):
+            self.indices.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        repeats: Counter[int] = Counter()
+        for index in self.indices:
+            yield index, item_seed(self.seed, self.epoch, index, repeats[index])
+            repeats[index] += 1
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False, distributed: bool | None = None, device: str | torch.device | None = None,
                 prefetch_factor: int | None = None, draws: int | None = None) -> DataLoader:
@@ -145,9 +200,11 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, see
         _, rank, world = process_group()
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
-    elif draws is not None:  # the loader's generator drives it, so a checkpoint's RNG state resumes it
-        sampler = RandomSampler(dataset, num_samples=draws, generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+    elif shuffle:
+        sampler = EpochPermutation(len(dataset), seed, draws)
+    if sampler is not None and shuffle and getattr(dataset, "takes_item_seeds", False):
+        sampler = ItemSeeds(sampler, seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                       num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=drop_last,
                       persistent_workers=num_workers > 0, generator=generator,
                       worker_init_fn=_seed_worker if num_workers > 0 else None,
@@ -403,7 +460,7 @@ class _Trainer:
     # -- one epoch
     def train_epoch(self, epoch: int) -> tuple[float, float, float, float]:
         """Mean training loss (over ranks), its chance loss (logits 0 on the same labels), images/s and seconds."""
-        if isinstance(self.train_loader.sampler, DistributedSampler):
+        if hasattr(self.train_loader.sampler, "set_epoch"):  # DistributedSampler, ItemSeeds
             self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
         loss_sum, images_seen, start = 0.0, 0, time.perf_counter()

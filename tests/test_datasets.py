@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from cxrcore.datasets import ManifestDataset, compute_normalization, group_predictions, load_gray
 from cxrcore.findings import CHEXPERT_FINDINGS
+from cxrcore.train import ItemSeeds, item_seed, make_loader
 from data_prep.manifests import assign_splits, read_chexpert
 
 FOUR = ["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumonia"]
@@ -126,6 +127,37 @@ def test_augmentation(manifest: pd.DataFrame, chexpert_tree: CheXpertTree, augme
     assert not all(torch.equal(draws[0], image) for image in draws[1:])  # random crops/rotations of one file
     with pytest.raises(ValueError, match="augment"):
         ManifestDataset(manifest, chexpert_tree.root, FOUR, augment="vertical-flip")
+
+
+def _epochs_of_images(loader: DataLoader, epochs: list[int]) -> list[dict[str, torch.Tensor]]:
+    """Per epoch: each path's augmented image, as the loader delivered it (the order may differ with workers: they
+    draw their base seed from the loader's generator)."""
+    seen = []
+    for epoch in epochs:
+        loader.sampler.set_epoch(epoch)
+        seen.append({path: image for batch in loader for path, image in zip(batch["path"], batch["image"],
+                                                                               strict=True)})
+    return seen
+
+
+def test_augmentation_seeds_make_items_independent_of_workers(manifest: pd.DataFrame,
+                                                              chexpert_tree: CheXpertTree) -> None:
+    dataset = ManifestDataset(manifest, chexpert_tree.root, FOUR, image_size=32, augment="paper000", cache=True)
+    by_workers = {}
+    for workers in (0, 2):  # persistent workers hold their own RNG: only per-item seeds make them agree
+        loader = make_loader(dataset, batch_size=4, shuffle=True, seed=3, num_workers=workers, device="cpu")
+        assert isinstance(loader.sampler, ItemSeeds)
+        by_workers[workers] = _epochs_of_images(loader, [1, 2, 1])
+    for plain, worked in zip(by_workers[0], by_workers[2], strict=True):
+        assert plain.keys() == worked.keys() == set(dataset.manifest["path"])
+        assert all(torch.equal(plain[path], worked[path]) for path in plain)
+    first, second, again = by_workers[0]
+    assert all(torch.equal(first[path], again[path]) for path in first)  # an epoch's draw repeats exactly
+    assert sum(torch.equal(first[path], second[path]) for path in first) < len(first) / 2  # a new epoch redraws
+    index = 5
+    assert torch.equal(dataset[(index, item_seed(3, 1, index))]["image"], first[dataset.manifest["path"][index]])
+    assert item_seed(3, 1, index, repeat=0) != item_seed(3, 1, index, repeat=1)  # drawn twice: augmented twice
+    assert not isinstance(make_loader(dataset, batch_size=4, device="cpu").sampler, ItemSeeds)  # evaluation
 
 
 def test_normalization(manifest: pd.DataFrame, chexpert_tree: CheXpertTree) -> None:

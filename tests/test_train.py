@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from cxrcore.datasets import ManifestDataset
 from cxrcore.models import build_model
 from cxrcore.train import TrainConfig, fit, make_loader, predict
+from data_prep.manifests import assign_splits, read_chexpert
 
 SIZE = 32
 
@@ -142,6 +144,32 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files
 
 
+def test_resume_with_workers_and_augmentation_matches_uninterrupted_run(tmp_path, chexpert_tree):
+    # persistent workers keep their own RNG streams across epochs, which a resumed run's new workers cannot
+    # continue: each item draws its augmentation from its own seed instead (ItemSeeds)
+    manifest = assign_splits(read_chexpert(chexpert_tree.root), "chexpert", seed=0)
+    dataset = ManifestDataset(manifest, chexpert_tree.root, ["Atelectasis", "Edema"], image_size=32, channels=1,
+                              augment="paper000", cache=True)
+
+    def loaders():
+        return (make_loader(dataset, batch_size=8, shuffle=True, seed=0, num_workers=2, device="cpu"),
+                make_loader(dataset, batch_size=8, device="cpu"))
+
+    def crash_after_first_epoch(epoch, _history):
+        if epoch == 1:
+            raise _Crash
+
+    straight, crashed, resumed = tiny_cnn(), tiny_cnn(), tiny_cnn()
+    history = fit(straight, *loaders(), cfg=_cfg(tmp_path / "a"))
+    with pytest.raises(_Crash):
+        fit(crashed, *loaders(), cfg=_cfg(tmp_path / "b"), on_epoch_end=crash_after_first_epoch)
+    resumed_history = fit(resumed, *loaders(), cfg=_cfg(tmp_path / "b"))
+    assert list(resumed_history.table["epoch"]) == [1, 2, 3]
+    np.testing.assert_allclose(resumed_history.table["loss"], history.table["loss"], rtol=1e-6)
+    for (name, a), b in zip(_weights(straight).items(), _weights(resumed).values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     train, valid = _loaders(n_train=32, n_valid=32)
     fit(tiny_cnn(), train, valid, cfg=_cfg(tmp_path, epochs=1))
@@ -212,9 +240,15 @@ def test_bf16_autocast_and_channels_last_run_on_cpu():
 def test_draws_per_epoch_are_a_fresh_draw_without_replacement_each_epoch():
     numbers = torch.utils.data.TensorDataset(torch.arange(10))
     loader = make_loader(numbers, batch_size=4, shuffle=True, seed=1, draws=6, device="cpu")
-    epochs = [torch.cat([batch[0] for batch in loader]).tolist() for _ in range(2)]
+
+    def epoch(number: int) -> list[int]:
+        loader.sampler.set_epoch(number)  # as fit() does before each epoch
+        return torch.cat([batch[0] for batch in loader]).tolist()
+
+    epochs = [epoch(1), epoch(2)]
     assert len(loader) == 2 and [len(e) for e in epochs] == [6, 6]
     assert all(len(set(e)) == 6 for e in epochs) and epochs[0] != epochs[1]
+    assert epoch(1) == epochs[0]  # the order is (seed, epoch)'s alone: a resumed epoch draws it again
     more = torch.cat([batch[0] for batch in make_loader(numbers, batch_size=5, shuffle=True, draws=25,
                                                          device="cpu")]).tolist()
     assert sorted(set(np.bincount(more, minlength=10))) == [2, 3]  # two whole permutations, then 5 of a third
