@@ -87,6 +87,8 @@ def test_localisation_table_scores_maps_at_their_own_side() -> None:
     summary = localisation_summary(table, masks_for_side(4))
     assert summary.startswith("Over 2 test images with a drawn effusion, the effusion covers 25.0% of the image on "
                               "average. The arms put between 1.00 and 4.00 times that share of their map's energy "
-                              "inside it; the most focused is inside (4.00 times, peak inside on 100% of the images).")
-    assert summary.endswith("for mixed (1 of 2 images); those maps do not count in the energy column.")
+                              "inside it; the highest share is inside's (4.00 times, peak inside on 100% of the "
+                              "images).")
+    assert summary.endswith("All-zero maps (no positive evidence anywhere after the map's ReLU): mixed (1 of 2 "
+                            "images); those maps do not count in the energy column.")
     assert "all-zero" not in localisation_summary(table.drop("mixed"), masks_for_side(4))

@@ -108,10 +108,10 @@ def localisation_summary(table: pd.DataFrame, masks: Sequence[np.ndarray], regio
     area = float(np.mean([mask.mean() for mask in masks]))
     text = (f"Over {len(masks)} test images with a drawn {region}, the {region} covers {area:.1%} of the image on "
             f"average. The arms put between {ratio.min():.2f} and {ratio.max():.2f} times that share of their map's "
-            f"energy inside it; the most focused is {best} ({ratio[best]:.2f} times, peak inside on "
+            f"energy inside it; the highest share is {best}'s ({ratio[best]:.2f} times, peak inside on "
             f"{table.loc[best, 'peak inside (pointing game)']:.0%} of the images).")
     if zero.any():
-        text += (" Grad-CAM gave an all-zero map (no positive evidence anywhere after its ReLU) for "
+        text += (" All-zero maps (no positive evidence anywhere after the map's ReLU): "
                  + ", ".join(f"{name} ({n} of {len(masks)} images)" for name, n in zero[zero > 0].items())
                  + "; those maps do not count in the energy column.")
     return text
