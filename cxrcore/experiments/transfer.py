@@ -40,9 +40,9 @@ ARM_ABBREVIATIONS = {"off-the-shelf": "OTS", "fine-tuned": "FT", "from scratch":
 # training images of an arm in the quick profile (whole patients): every training image of the demo site (1,624;
 # VGG-16 gets its share): at 600 fine-tuned DenseNet-121 scored 0.78, at all of them 0.83 (issue 10)
 QUICK_TARGET_IMAGES = 1_700
-# every arm's epochs in the quick profile (the source models train 10): on all 1,624 images, 8 epochs would take
-# about 7.5 of the 8 minutes a chapter may take, two runs at a time
-QUICK_TARGET_EPOCHS = 7
+# every arm's epochs in the quick profile (the source models train 10): on all 1,624 images, the arms and the size
+# sweep fit the 8 minutes a chapter may take at 6 epochs (7: about 9 minutes with the sweep, two runs at a time)
+QUICK_TARGET_EPOCHS = 6
 SPLIT_SEED = 0
 
 __all__ = ["ARCHITECTURES", "ARMS", "Architecture", "arm_config", "by_label", "configs", "cost_table", "label",

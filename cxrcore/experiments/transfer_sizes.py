@@ -20,7 +20,7 @@ from cxrcore.settings import Settings
 NAME = "transfer-sizes"
 ARCHITECTURE = source_models.ARCHITECTURES[0]  # DenseNet-121: paper 002's network
 PRETRAINED, SCRATCH = "fine-tuned", "from scratch"
-QUICK_SIZES = (100, 300, 600)  # plus the transfer experiment's own training set (its runs are reused): all
+QUICK_SIZES = (100, 300)  # plus the transfer experiment's own training set (its runs are reused): all 1,624
 FULL_SIZES = (1_000, 10_000, 50_000)
 DIFFERENCE_COLUMNS = ["difference", "difference_low", "difference_high"]
 
