@@ -35,7 +35,7 @@ EXTRAS      ?= book,test
 CXR_PROFILE   ?= quick
 # `make test` executes every chapter in the smoke profile: the quick profile's runs, each on an eighth of its training
 # images for at most one epoch, so the test suite checks every chapter end to end in minutes while `make book`
-# trains the quick book (~37 min on two cores, measured 2026-11-26); TEST_PROFILE=quick tests the quick book itself
+# trains the quick book (~35 min on two cores, measured 2026-11-26); TEST_PROFILE=quick tests the quick book itself
 TEST_PROFILE  ?= smoke
 # the demo sites `make data` writes: DEMO=quick (3,000 images per site at 128 px, data/demo) or DEMO=gpu (20,000 per
 # site at 320 px, data/demo-gpu: for a GPU without the real downloads); an interrupted `make data` resumes
