@@ -130,8 +130,7 @@ def test_augmentation(manifest: pd.DataFrame, chexpert_tree: CheXpertTree, augme
 
 
 def _epochs_of_images(loader: DataLoader, epochs: list[int]) -> list[dict[str, torch.Tensor]]:
-    """Per epoch: each path's augmented image, as the loader delivered it (the order may differ with workers: they
-    draw their base seed from the loader's generator)."""
+    """Per epoch: each path's augmented image, as the loader delivered it."""
     seen = []
     for epoch in epochs:
         loader.sampler.set_epoch(epoch)
