@@ -182,7 +182,9 @@ class ItemSeeds(Sampler):
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False, distributed: bool | None = None, device: str | torch.device | None = None,
                 prefetch_factor: int | None = None, draws: int | None = None) -> DataLoader:
-    """DataLoader with a seeded generator, pinned memory on CUDA, persistent workers, DistributedSampler under DDP.
+    """DataLoader with pinned memory on CUDA, persistent workers, and, when shuffled, an order drawn from (seed,
+    epoch) alone (`EpochPermutation`, or DistributedSampler under DDP) and per-item augmentation seeds (`ItemSeeds`,
+    for datasets that take them): what a resumed run needs to repeat an epoch exactly.
 
     `distributed=None`: under an initialised process group a shuffled (training) loader is sharded across the ranks;
     an evaluation loader (not shuffled) stays whole, because rank 0 alone validates and predicts on it.
@@ -460,7 +462,7 @@ class _Trainer:
     # -- one epoch
     def train_epoch(self, epoch: int) -> tuple[float, float, float, float]:
         """Mean training loss (over ranks), its chance loss (logits 0 on the same labels), images/s and seconds."""
-        if hasattr(self.train_loader.sampler, "set_epoch"):  # DistributedSampler, ItemSeeds
+        if hasattr(self.train_loader.sampler, "set_epoch"):  # EpochPermutation, ItemSeeds, DistributedSampler
             self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
         loss_sum, images_seen, start = 0.0, 0, time.perf_counter()
