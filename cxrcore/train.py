@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -146,10 +146,7 @@ class EpochPermutation(Sampler):
     def __iter__(self) -> Iterator[int]:
         epoch_seed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1
         generator = torch.Generator().manual_seed(int(epoch_seed))
-        whole, rest = divmod(self.draws, self.size)
-        for _ in range(whole):
-            yield from torch.randperm(self.size, generator=generator).tolist()
-        yield from torch.randperm(self.size, generator=generator)[:rest].tolist()
+        return iter(RandomSampler(range(self.size), num_samples=self.draws, generator=generator))
 
     def __len__(self) -> int:
         return self.draws
