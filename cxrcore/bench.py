@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from cxrcore.losses import masked_bce
 from cxrcore.models import build_model
@@ -26,6 +27,19 @@ from cxrcore.train import make_loader, resolve_device
 
 WARMUP_STEPS = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def training_flops(arch: str, size: int, *, channels: int = 3, large: bool = False, meta: bool = False,
+                   classes: int = 14) -> float:
+    """FLOPs of one training step per image of side `size` (forward and backward, as torch's FlopCounterMode counts
+    them; "-large" models take the side their preset gives, already doubled)."""
+    model = build_model(arch, classes, channels=channels, large=large, meta_features=3 if meta else 0, seed=0)
+    images = torch.zeros(2, channels, size, size)  # 2: BatchNorm needs more than one value per channel
+    features = torch.zeros(2, 3)
+    with FlopCounterMode(display=False) as counter:
+        logits = model(images, features) if meta else model(images)
+        logits.sum().backward()
+    return counter.get_total_flops() / len(images)
 
 
 def find_images(data_root: Path, limit: int) -> list[Path]:

@@ -1,6 +1,7 @@
 """Each paper's training hyper-parameters as a named preset, and the quick profile's versions of them
 (`quick_profile_preset`), which only shrink sizes and set the schedule; the smoke profile cuts those further
-(`smoke_profile_preset`, `SMOKE_TRAIN_SHARE`) for the test suite.
+(`smoke_profile_preset`, `SMOKE_TRAIN_SHARE`) for the test suite; the gpu profile (`gpu_profile_preset`) keeps the
+papers' input sizes and caps the epochs. `profile_preset` picks a profile's version.
 
 Values are as the papers report them; where a paper does not report a value the preset says so in `chosen`
 (the value used there is this project's choice, not the paper's).
@@ -24,6 +25,13 @@ QUICK_FIELDS = ("image_size", "batch_size", "epochs", "scheduler")
 # runs for at most one epoch on an eighth of each run's training images; its numbers check code, not teach.
 SMOKE_MAX_EPOCHS = 1
 SMOKE_TRAIN_SHARE = 0.125
+# The gpu profile (one H100-class GPU, the GPU-sized demo sites): the papers' input sizes on every training image,
+# epochs capped so that a chapter takes about 15 minutes (estimated from FLOPs and the GPU benchmark:
+# `python -m cxrcore experiment NAME --estimate`), batch 64 (32 for "-large", the papers' ratio): at the papers'
+# 16 a GPU step is too short to hide the per-batch work (a fifth of batch 64's images/s, benchmarks appendix).
+GPU_BATCH = 64
+GPU_MAX_EPOCHS = 8
+GPU_FIELDS = ("batch_size", "epochs", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Preset:
     select_by: str = "val_loss"
     large: bool = False  # paper 001's "-large" input (twice the side); the quick profile keeps the factor two
     quick_profile: bool = False  # made by quick_profile_preset()
+    gpu_profile: bool = False  # made by gpu_profile_preset()
     chosen: tuple[str, ...] = field(default=())  # fields the paper does not report (this project's choice)
 
     def train_config(self, **machinery: object) -> TrainConfig:
@@ -113,6 +122,28 @@ def quick_profile_preset(preset: Preset | str) -> Preset:
                                scheduler=QUICK_SCHEDULER, quick_profile=True)
 
 
+def gpu_profile_preset(preset: Preset | str) -> Preset:
+    """The one-GPU version, the same change for every preset: the paper's input size, batch 64 (32 for "-large"),
+    at most GPU_MAX_EPOCHS epochs, the quick profile's one-cycle schedule (a plateau schedule rarely fires in so few
+    epochs); nothing else."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if preset.gpu_profile:
+        return preset
+    batch = GPU_BATCH // 2 if preset.large else GPU_BATCH
+    return dataclasses.replace(preset, batch_size=batch, epochs=min(preset.epochs, GPU_MAX_EPOCHS),
+                               scheduler=QUICK_SCHEDULER, gpu_profile=True)
+
+
+def profile_preset(preset: Preset | str, profile: str) -> Preset:
+    """A preset as a profile trains it, before a run's overrides: quick and smoke the quick version, gpu the gpu
+    version, full the paper's (the smoke profile's cut comes after the overrides: `smoke_profile_preset`)."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    profile = profile.lower()
+    if profile in ("quick", "smoke"):
+        return quick_profile_preset(preset)
+    return gpu_profile_preset(preset) if profile == "gpu" else preset
+
+
 def smoke_profile_preset(preset: Preset) -> Preset:
     """The smoke profile's cut of a quick-profile preset (after a run's overrides): at most SMOKE_MAX_EPOCHS."""
     return dataclasses.replace(preset, epochs=min(preset.epochs, SMOKE_MAX_EPOCHS))
@@ -121,7 +152,7 @@ def smoke_profile_preset(preset: Preset) -> Preset:
 def with_overrides(preset: Preset, overrides: dict | None) -> Preset:
     """A copy of the preset with some fields replaced; an unknown field name raises naming the valid ones."""
     overrides = dict(overrides or {})
-    names = {f.name for f in dataclasses.fields(Preset)} - {"name", "paper", "quick_profile", "chosen"}
+    names = {f.name for f in dataclasses.fields(Preset)} - {"name", "paper", "quick_profile", "gpu_profile", "chosen"}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown preset override(s) {unknown}; valid: {sorted(names)}")

@@ -48,11 +48,11 @@ from cxrcore.presets import (
     SMOKE_TRAIN_SHARE,
     Preset,
     get_preset,
-    quick_profile_preset,
+    profile_preset,
     smoke_profile_preset,
     with_overrides,
 )
-from cxrcore.settings import DATA_ROOT_ENV, PROFILES, quick_sized, settings
+from cxrcore.settings import DATA_ROOT_ENV, PROFILES, settings
 from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict, process_group
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ class RunConfig:
     feature_cache: bool = False  # frozen backbone: train the head on features computed once (images not augmented)
     preset: str = "paper000"
     overrides: dict = field(default_factory=dict)  # preset fields replaced (lr, epochs, image_size, ...)
-    profile: str | None = None  # quick | smoke | full (required to run); quick applies presets.quick_profile_preset()
+    profile: str | None = None  # quick | smoke | gpu | full (required to run): presets.profile_preset()
     seed: int = 0
     train_split: str = "train"
     valid_split: str = "valid"
@@ -390,10 +390,9 @@ def resolved_preset(config: dict | RunConfig) -> Preset:
 
 def _resolve_preset(config: RunConfig) -> Preset:
     if config.profile is None:
-        raise ValueError("run config: 'profile' is missing (quick, smoke or full; `python -m cxrcore train` fills it "
-                         "from $CXR_PROFILE)")
-    preset = get_preset(config.preset)
-    preset = with_overrides(quick_profile_preset(preset) if quick_sized(config.profile) else preset, config.overrides)
+        raise ValueError("run config: 'profile' is missing (quick, smoke, gpu or full; `python -m cxrcore train` "
+                         "fills it from $CXR_PROFILE)")
+    preset = with_overrides(profile_preset(get_preset(config.preset), config.profile), config.overrides)
     return smoke_profile_preset(preset) if config.profile.lower() == "smoke" else preset
 
 

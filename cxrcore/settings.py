@@ -5,16 +5,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROFILES = ("quick", "smoke", "full")
+PROFILES = ("quick", "smoke", "gpu", "full")
 # CPU-sized profiles: the quick profile's presets and counts; smoke trains fewer images and epochs of the same runs
 # (cxrcore.presets.smoke_profile_preset), so that `make test` checks every chapter end to end in minutes
 QUICK_SIZED = ("quick", "smoke")
+# the gpu profile: one GPU and the GPU-sized demo sites (`make data DEMO=gpu`): the full profile's image counts, the
+# papers' input sizes, capped epochs (cxrcore.presets.gpu_profile_preset)
 DATA_ROOT_ENV = "CXR_DATA_ROOT"  # named in errors about a wrong data root
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Profile (`CXR_PROFILE`: quick|smoke|full), data root (`CXR_DATA_ROOT`) and run cache (`CXR_RUNS_DIR`)."""
+    """Profile (`CXR_PROFILE`: quick|smoke|gpu|full), data root (`CXR_DATA_ROOT`) and run cache (`CXR_RUNS_DIR`)."""
 
     profile: str
     data_root: Path

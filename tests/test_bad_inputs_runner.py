@@ -105,8 +105,8 @@ def test_bad_override_values_are_refused_naming_field_value_and_range(site, tmp_
 
 def test_every_preset_field_an_override_may_set_is_checked(site, tmp_path) -> None:
     """An object is a bad value for every preset field: a field added to Preset without a check fails here."""
-    overridable = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "paper", "quick_profile",
-                                                                                  "chosen")]
+    overridable = [f.name for f in dataclasses.fields(Preset)
+                   if f.name not in ("name", "paper", "quick_profile", "gpu_profile", "chosen")]
     assert "lr" in overridable and "image_size" in overridable
     for name in overridable:
         with pytest.raises(ValueError, match=rf"overrides\['{name}'\]=\{{\}}: expected"):
@@ -130,7 +130,7 @@ def test_every_preset_field_an_override_may_set_is_checked(site, tmp_path) -> No
     ({"policy": {"Lung Opacity": "u-ones"}}, r"policy=.*missing findings \['Pleural Effusion'\]"),
     ({"test_split": "testing"}, r"test_split='testing': expected one of \['train', 'valid', 'test'\]"),
     ({"freeze_backbone": "yes"}, r"freeze_backbone='yes': expected true or false"),
-    ({"profile": "fast"}, r"profile='fast': expected one of \['quick', 'smoke', 'full'\]"),
+    ({"profile": "fast"}, r"profile='fast': expected one of \['quick', 'smoke', 'gpu', 'full'\]"),
     ({"num_workers": -1}, r"num_workers=-1: expected a whole number >= 0"),
     ({"overrides": [["epochs", 2]]}, r"overrides=\[\['epochs', 2\]\]: expected an object of preset fields"),
     ({"weights": {"run": {"manifest": "m.csv", "findings": "Edema"}}}, r"weights\['run'\].*findings='Edema'"),
@@ -156,7 +156,7 @@ def test_json_friendly_forms_and_every_experiment_config_still_pass(site, tmp_pa
     assert RunConfig.from_dict(_config(site, arch="ResNet18")).arch == "ResNet18"
     root = site[0]
     checked = 0
-    for profile in ("quick", "smoke", "full"):
+    for profile in ("quick", "smoke", "gpu", "full"):
         settings = make_settings(profile, root, tmp_path / "runs")
         for name in EXPERIMENTS:
             for stage in experiment(name).stages(settings):

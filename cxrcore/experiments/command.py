@@ -1,5 +1,6 @@
-"""`python -m cxrcore experiment NAME [--format table|csv] [--jobs N]`: run a chapter's experiment (or read it
-from the run cache) and print its results table; `NAME` may be `all` (every experiment, trained only)."""
+"""`python -m cxrcore experiment NAME [--format table|csv] [--jobs N] [--estimate]`: run a chapter's experiment (or
+read it from the run cache) and print its results table; `NAME` may be `all` (every experiment, trained only);
+`--estimate` trains nothing and prints each run's estimated seconds on one GPU (`cxrcore.experiments.estimate`)."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "csv"), default="table", help="how to print the results")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at once, each in its own process with cores/jobs threads (default 1)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="train nothing: print each run's estimated seconds on one GPU (from FLOPs), and totals")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,6 +28,8 @@ def main(args: argparse.Namespace) -> int:
     the results table (settings from the environment)."""
     context = settings()
     names = list(BOOK_EXPERIMENTS) if args.name == "all" else [args.name]
+    if args.estimate:
+        return _print_estimate(names, context)
     start = time.perf_counter()
     print(f"==> experiment {', '.join(names)} ({context.profile} profile, runs in {context.runs_dir})",
           file=sys.stderr, flush=True)
@@ -45,4 +50,17 @@ def main(args: argparse.Namespace) -> int:
         print(table.to_csv(index=False, float_format="%.4f"), end="")
     else:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _print_estimate(names: list[str], context) -> int:
+    """Each run's estimated GPU seconds, then the totals per experiment."""
+    from cxrcore.experiments.estimate import estimate, summary
+
+    print(f"==> estimated training time on one GPU ({context.profile} profile, data {context.data_root})",
+          file=sys.stderr, flush=True)
+    table = estimate(names, context)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print()
+    print(summary(table).to_string())
     return 0

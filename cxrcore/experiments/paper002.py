@@ -33,7 +33,7 @@ from cxrcore.experiments.tables import (
     scored_findings,
 )
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
-from cxrcore.presets import get_preset, quick_profile_preset
+from cxrcore.presets import profile_preset
 from cxrcore.runner import Result, predict_split, run
 from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import CHEXPERT_DIR, HOSPITAL_DIR, NIH_DIR, read_chexpert, read_hospital, read_nih
@@ -76,9 +76,8 @@ def train_images(table: pd.DataFrame, profile: str) -> int:
 
 
 def input_side(profile: str) -> int:
-    """The variants' input side: paper 002's, or the quick profile's."""
-    preset = get_preset(PRESET)
-    return (quick_profile_preset(preset) if quick_sized(profile) else preset).image_size
+    """The variants' input side in a profile: paper 002's, or the quick profile's."""
+    return profile_preset(PRESET, profile).image_size
 
 
 def pixel_statistics(settings: Settings, n: int = STATISTICS_IMAGES) -> pd.DataFrame:

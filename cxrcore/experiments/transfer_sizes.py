@@ -21,13 +21,14 @@ NAME = "transfer-sizes"
 ARCHITECTURE = source_models.ARCHITECTURES[0]  # DenseNet-121: paper 002's network
 PRETRAINED, SCRATCH = "fine-tuned", "from scratch"
 QUICK_SIZES = (100, 300)  # plus the transfer experiment's own training set (its runs are reused): all 1,624
+GPU_SIZES = (300, 3_000)  # the GPU-sized demo site has about 10,700 training images: a decade below each
 FULL_SIZES = (1_000, 10_000, 50_000)
 DIFFERENCE_COLUMNS = ["difference", "difference_low", "difference_high"]
 
 
 def sizes(settings: Settings) -> list[int | None]:
     """Training-set sizes of the sweep; the last (None in the full profile: all) is the transfer experiment's."""
-    smaller = QUICK_SIZES if settings.is_quick_profile else FULL_SIZES
+    smaller = {"gpu": GPU_SIZES, "full": FULL_SIZES}.get(settings.profile, QUICK_SIZES)
     return [*smaller, transfer.train_images(ARCHITECTURE, settings.profile)]
 
 
