@@ -1,8 +1,10 @@
 """`python -m cxrcore bench`: training images/s of the whole pipeline and of the model alone, and their ratio.
 
 Pipeline: decode PNG/JPEG files through ManifestDataset (the book's loader: decode, resize, augment, normalize),
-DataLoader, then a full training step. Model alone: the same step on a device-resident random batch. A ratio far
-below 1 means the input pipeline, not the GPU/CPU compute, limits training (add --workers).
+DataLoader, then a full training step; with --device-augment the GPU path instead (a uint8 image cache read through
+a memory map, each batch augmented on the device: what the runner trains with on CUDA). Model alone: the same step
+on a device-resident random batch. A ratio far below 1 means the input pipeline, not the GPU/CPU compute, limits
+training (add --workers, or take the GPU path).
 """
 from __future__ import annotations
 
@@ -117,18 +119,22 @@ def _timed(stepper: _Stepper, batches, steps: int, batch: int) -> float:
 
 def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision: str = "bf16", steps: int = 10,
           data_root: str | Path | None = None, workers: int | None = None, device: str = "auto", *,
-          channels_last: bool = True, cache: bool = False, compile: bool = False) -> pd.DataFrame:
+          channels_last: bool = True, cache: bool = False, compile: bool = False,
+          device_augment: bool = False) -> pd.DataFrame:
     """One-row table: device, settings, pipeline images/s, model-alone images/s and their ratio.
 
     data_root: the image files to read (None, or too few there: 320 px PNGs generated in a temporary folder).
     cache: the pipeline reads images decoded once and kept in memory (as the runner does when they fit), read
     through once before timing, with workers=0 (each DataLoader worker would keep a cache of its own).
+    device_augment: the GPU path (as the runner trains on CUDA): a uint8 image cache written once (untimed, every
+    core) and read through a memory map, each batch augmented and normalized on the device.
     compile: torch.compile the model; the compilation happens in the untimed warm-up steps."""
     device = resolve_device(device)
     if workers is None:
-        workers = 0 if cache else min(8, os.cpu_count() or 1)
-    if cache and workers:
-        raise ValueError("cache=True measures the in-memory cache of the main process: use workers=0")
+        workers = 0 if cache or device_augment else min(8, os.cpu_count() or 1)
+    if cache and (workers or device_augment):
+        raise ValueError("cache=True measures the in-memory cache of the main process: use workers=0, without "
+                         "device_augment")
     needed = batch * (steps + WARMUP_STEPS)
     stepper = _Stepper(arch, device, precision, channels_last, compile)
     # model alone first: DataLoader workers that are still shutting down would otherwise compete for the CPU
@@ -149,17 +155,39 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
         if cache:
             for index in range(len(dataset)):
                 dataset[index]  # decode every image once: the timed steps read them from memory
+        if device_augment:
+            dataset = _device_dataset(dataset, Path(tmp) / "image-cache")
         loader = make_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                              device=device, distributed=False)
-        pipeline = _timed(stepper, ((b["image"], b["target"], b["mask"]) for b in loader), steps, batch)
+        pipeline = _timed(stepper, _model_batches(loader, device), steps, batch)
         del loader  # stop the workers
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     return pd.DataFrame([{"device": name, "arch": arch, "size": size, "batch": batch, "precision": precision,
                           "channels_last": channels_last, "compile": compile, "threads": torch.get_num_threads(),
-                          "workers": workers,
-                          "decode_cache": cache, "data": source, "pipeline_img_s": round(pipeline, 1),
+                          "workers": workers, "decode_cache": cache, "device_augment": device_augment,
+                          "data": source, "pipeline_img_s": round(pipeline, 1),
                           "model_img_s": round(model_alone, 1), "ratio": round(pipeline / model_alone, 3)}])
+
+
+def _device_dataset(dataset, folder: Path):
+    """The dataset on the GPU path: its uint8 image cache written first (every core), augmentation on the device."""
+    from cxrcore.datasets import DeviceAugmentedDataset
+    from cxrcore.image_cache import open_image_cache
+
+    paths = dataset.manifest["path"].astype(str).tolist()
+    cache = open_image_cache(paths, dataset.data_root, dataset.decode_size, folder, workers=os.cpu_count() or 1)
+    return DeviceAugmentedDataset(dataset, cache)
+
+
+def _model_batches(loader, device: torch.device):
+    """(images, target, mask) of each batch; a GPU-path dataset's uint8 images made model input on the device."""
+    prepare = getattr(loader.dataset, "to_model_input", None)
+    for batch in loader:
+        images = batch["image"]
+        if prepare is not None:
+            images = prepare(images.to(device, non_blocking=True), batch["seed"])
+        yield images, batch["target"], batch["mask"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,7 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiled while warming up)")
     parser.add_argument("--cache", action="store_true",
-                        help="pipeline reads images decoded once into memory (workers=0), as the runner does")
+                        help="pipeline reads images decoded once into memory (workers=0), as the runner does on CPU")
+    parser.add_argument("--device-augment", action="store_true",
+                        help="the GPU path: a uint8 image cache (written once, untimed) and augmentation on the device")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -190,6 +220,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data_root = args.data_root or settings().data_root  # the environment is read here, at the entry point
     table = bench(args.arch, args.size, args.batch, precision, args.steps, data_root, args.workers, args.device,
-                  channels_last=args.memory_format == "channels_last", cache=args.cache, compile=args.compile)
+                  channels_last=args.memory_format == "channels_last", cache=args.cache, compile=args.compile,
+                  device_augment=args.device_augment)
     print(table.T.to_string(header=False))
     return 0

@@ -300,6 +300,48 @@ class ManifestDataset(Dataset):
                 "patient_id": self._patients[index], "study_id": self._studies[index], "path": self._paths[index]}
 
 
+class DeviceAugmentedDataset(Dataset):
+    """A ManifestDataset's items with uint8 images (1, S, S) read from its pre-resized cache (`cxrcore.image_cache`,
+    S its decode_size), augmented and normalized a whole batch at a time on the device (`to_model_input`): the GPU
+    path, whose DataLoader only slices a memory map (the CPU path decodes and augments each image with PIL)."""
+
+    takes_item_seeds = True  # a shuffled loader hands items their seeds: each item's augmentation comes from its own
+
+    def __init__(self, dataset: ManifestDataset, cache: Sequence) -> None:
+        if len(cache) != len(dataset) or getattr(cache, "side", dataset.decode_size) != dataset.decode_size:
+            raise ValueError(f"image cache of {len(cache)} images at {getattr(cache, 'side', '?')} px for a dataset "
+                             f"of {len(dataset)} images decoded at {dataset.decode_size} px: build it from the "
+                             "dataset's own paths at its decode_size")
+        self.dataset = dataset
+        self.cache = cache
+        for name in ("manifest", "findings", "targets", "mask", "features", "mean", "std", "image_size", "channels",
+                     "augment", "decode_size"):
+            setattr(self, name, getattr(dataset, name))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, -1)  # -1: no seed, not augmented
+        return {"image": torch.from_numpy(self.cache[index])[None], "seed": seed, **self.dataset.labels(index)}
+
+    def labels(self, index: int) -> dict:
+        """An item without its image (ManifestDataset.labels)."""
+        return self.dataset.labels(index)
+
+    def to_model_input(self, images: torch.Tensor, seeds: torch.Tensor | None) -> torch.Tensor:
+        """Float (B, C, image_size, image_size) model input from a uint8 (B, 1, S, S) batch on its device: augmented
+        from the items' seeds when training with augmentation, else only normalized."""
+        from cxrcore.device_augment import augment_batch, draw_matrices, normalize_batch
+
+        if self.augment is None or seeds is None or bool((seeds < 0).any()):
+            if images.shape[-1] != self.image_size:
+                raise ValueError(f"images of {images.shape[-1]} px without augmentation: expected {self.image_size}")
+            return normalize_batch(images, self.mean, self.std, self.channels)
+        matrices = draw_matrices(self.augment, seeds.tolist(), images.shape[-1], self.image_size)
+        return augment_batch(images, matrices, self.image_size, self.mean, self.std, self.channels)
+
+
 def compute_normalization(dataset: ManifestDataset, n: int = 256, seed: int = 0) -> tuple[list, list]:
     """Per-channel (mean, std) of the pixel values of n images drawn with a seeded generator (paper 002)."""
     if len(dataset) == 0:

@@ -53,7 +53,7 @@ from cxrcore.presets import (
     with_overrides,
 )
 from cxrcore.settings import DATA_ROOT_ENV, PROFILES, settings
-from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict, process_group
+from cxrcore.train import SCHEDULERS, SELECT_BY, fit, make_loader, predict, process_group, resolve_device
 
 if TYPE_CHECKING:
     from cxrcore.datasets import ManifestDataset
@@ -62,6 +62,9 @@ LOSS_WEIGHTING = ("none", "pos_weight", "paper002")
 NORMALIZATIONS = ("imagenet", "dataset", "none")
 MIN_IMAGE_SIZE = 32  # the smallest input DenseNet-121 and VGG-16 take (five halvings); twice that with `large`
 ID_COLUMNS = {"path": str, "patient_id": str, "study_id": str}
+# runs_dir's folder of the GPU path's uint8 image caches (cxrcore.image_cache), one subfolder per code hash: a cache
+# is not keyed on the decoder, a run is (delete the old subfolders to free their space)
+IMAGE_CACHE = "image-cache"
 CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory (decoded once per run) when they take less than this
 SHOWN_MISSING = 5  # missing image files named in the error
 
@@ -554,6 +557,28 @@ def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
     return train, valid, test
 
 
+def _trains_on_gpu(config: RunConfig) -> bool:
+    """Whether a run takes the GPU path (uint8 image cache, augmentation on the device): it trains through its
+    images on CUDA. On a CPU the PIL path is the faster one (benchmarks appendix), so it stays."""
+    return resolve_device("auto").type == "cuda" and not config.feature_cache
+
+
+def _device_datasets(datasets: tuple, folder: Path, lead: bool) -> tuple:
+    """The datasets on the GPU path: each image decoded once into a uint8 cache under `folder` (written by the
+    lead process with every core while the others wait; later runs reuse it), augmented on the device."""
+    from cxrcore.datasets import DeviceAugmentedDataset
+    from cxrcore.image_cache import open_image_cache
+
+    wrapped = []
+    for dataset in datasets:
+        where = (dataset.manifest["path"].astype(str).tolist(), dataset.data_root, dataset.decode_size, folder)
+        if lead:
+            open_image_cache(*where, workers=os.cpu_count() or 1)
+        _barrier()
+        wrapped.append(DeviceAugmentedDataset(dataset, open_image_cache(*where)))
+    return tuple(wrapped)
+
+
 def _loss_weights(config: RunConfig, train) -> dict:
     from cxrcore.losses import multiclass_weights, positive_weights
 
@@ -711,6 +736,8 @@ def _compute(config: RunConfig, runs_dir: Path, key: str, force: bool, progress:
             return False
         start = time.perf_counter()
         datasets = _datasets(config, preset, data_root)  # missing images are found here, before any work
+        if _trains_on_gpu(config):
+            datasets = _device_datasets(datasets, runs_dir / IMAGE_CACHE / code_hash()[:16], lead)
         work = _work_folder(runs_dir, key) if lead else runs_dir / f".work-{key}"
         _barrier()  # the work folder is ready (a resumable checkpoint in it kept) before any rank reads it
         try:

@@ -231,8 +231,13 @@ def _as_tuple(value: object) -> object:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def _batch_to(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
-    images = batch["image"]  # (B, C, H, W), or (B, F) backbone features (cxrcore.features)
+def _batch_to(batch: dict, device: torch.device, channels_last: bool, prepare: Callable | None = None
+              ) -> tuple[torch.Tensor, ...]:
+    """Images, targets, masks and non-image features on the device; `prepare` (a dataset's `to_model_input`) turns
+    a uint8 batch into the model's input there (datasets.DeviceAugmentedDataset)."""
+    images = batch["image"]  # (B, C, H, W), or (B, F) backbone features (cxrcore.features), or uint8 (B, 1, S, S)
+    if prepare is not None:
+        images = prepare(images.to(device, non_blocking=True), batch.get("seed"))
     memory_format = torch.channels_last if channels_last and images.ndim == 4 else torch.contiguous_format
     images = images.to(device, non_blocking=True, memory_format=memory_format)
     target = batch["target"].to(device, non_blocking=True)  # (B, K) float, or long for multiclass3
@@ -302,8 +307,9 @@ def _collect(model: nn.Module, loader: DataLoader, device: torch.device, *, auto
     model.eval()
     probs, targets, masks, ids = [], [], [], {"path": [], "patient_id": [], "study_id": []}
     loss_sum, loss_weight = 0.0, 0.0
+    prepare = getattr(loader.dataset, "to_model_input", None)
     for batch in loader:
-        images, target, mask, features = _batch_to(batch, device, channels_last)
+        images, target, mask, features = _batch_to(batch, device, channels_last, prepare)
         _check_images(images, batch, f"in the {split} images")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = _forward(model, images, features, uses_meta)
@@ -402,6 +408,7 @@ class _Trainer:
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.train_loader, self.valid_loader = train_loader, valid_loader
+        self.prepare = getattr(train_loader.dataset, "to_model_input", None)  # the GPU path's batch augmentation
         self.class_names = list(class_names) if class_names is not None else None
         self.criterion = _Criterion(cfg.loss, pos_weight, class_weight, self.device)
         params = [p for p in self.plain.parameters() if p.requires_grad]
@@ -468,7 +475,7 @@ class _Trainer:
         bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, mininterval=1.0,
                    disable=not self.cfg.progress or self.rank != 0)
         for step, batch in enumerate(self.train_loader, start=1):
-            images, target, mask, features = _batch_to(batch, self.device, self.channels_last)
+            images, target, mask, features = _batch_to(batch, self.device, self.channels_last, self.prepare)
             _check_images(images, batch, f"in the training batch at epoch {epoch}, step {step}")
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 logits = _forward(self.model, images, features, self.uses_meta)
