@@ -30,7 +30,7 @@ SMOKE_TRAIN_SHARE = 0.125
 # `python -m cxrcore experiment NAME --estimate`), batch 64 (32 for "-large", the papers' ratio): at the papers'
 # 16 a GPU step is too short to hide the per-batch work (a fifth of batch 64's images/s, benchmarks appendix).
 GPU_BATCH = 64
-GPU_MAX_EPOCHS = 8
+GPU_MAX_EPOCHS = 12
 GPU_FIELDS = ("batch_size", "epochs", "scheduler")
 
 

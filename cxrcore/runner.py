@@ -559,7 +559,8 @@ def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
 
 def _trains_on_gpu(config: RunConfig) -> bool:
     """Whether a run takes the GPU path (uint8 image cache, augmentation on the device): it trains through its
-    images on CUDA. On a CPU the PIL path is the faster one (benchmarks appendix), so it stays."""
+    images on CUDA. On a CPU the PIL path stays: the batch path trains DenseNet-121 at 64 px about 8 % faster there
+    (benchmarks appendix), but it draws other augmentations, so every quick-profile result would change."""
     return resolve_device("auto").type == "cuda" and not config.feature_cache
 
 
