@@ -802,6 +802,8 @@ def predict_split(result: Result, split: str = "valid", *, manifest: str | Path 
     """A finished run's model on its own validation (or test) images, or on another manifest's: the per-image table
     of `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
     dataset = evaluation_dataset(result, split, manifest)
+    if resolve_device(device).type == "cuda":  # the GPU path, as runs train there: decoded once, normalized on the GPU
+        dataset = _device_datasets((dataset,), result.run_dir.parent / IMAGE_CACHE / code_hash()[:16], lead=True)[0]
     loader = make_loader(dataset, batch_size=int(result.config["preset"]["batch_size"]), num_workers=num_workers,
                          seed=int(result.config["run"]["seed"]))
     where = split if manifest is None else f"{split} of {manifest}"
