@@ -7,11 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from layouts import CheXpertTree
+from layouts import CheXpertTree, write_chexpert
 
 from cxrcore.datasets import DeviceAugmentedDataset, ManifestDataset
+from cxrcore.experiments import transfer
 from cxrcore.image_cache import open_image_cache
 from cxrcore.models import build_model
+from cxrcore.runner import IMAGE_CACHE, RunConfig, _datasets, _device_datasets, _train, resolved_preset
 from cxrcore.train import TrainConfig, fit, make_loader
 from data_prep.manifests import assign_splits, read_chexpert
 
@@ -72,3 +74,23 @@ def test_fit_trains_on_the_gpu_path_and_repeats_exactly(manifest, chexpert_tree,
     assert histories[0]["loss"].notna().all() and histories[0]["val_loss"].notna().all()
     pd.testing.assert_series_equal(histories[0]["loss"], histories[1]["loss"])  # the same seeds, the same run
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_the_runner_trains_and_tests_a_run_on_the_gpu_path(tmp_path) -> None:
+    """What the runner does on CUDA (`runner._trains_on_gpu`), here on the CPU: every split through its image
+    cache, paper 001's crops drawn on the device, then the run's test metrics."""
+    root = tmp_path / "data"
+    write_chexpert(root, n_train_patients=12)  # 70/10/20 of 12 patients leaves each split at least one
+    manifest = transfer.target_manifest(root, tmp_path / "manifests")
+    config = RunConfig.from_dict({"manifest": str(manifest), "data_root": str(root),
+                                  "findings": FOUR, "arch": "resnet18", "preset": "paper001", "profile": "quick",
+                                  "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}, "seed": 0})
+    preset = resolved_preset(config)
+    folder = tmp_path / IMAGE_CACHE
+    datasets = _device_datasets(_datasets(config, preset, root), folder, lead=True)
+    assert all(isinstance(d, DeviceAugmentedDataset) for d in datasets)
+    assert [d.cache.side for d in datasets] == [37, 32, 32]  # training images at the crop's decode size
+    assert len(list(folder.glob("*.npy"))) == 3
+    metrics = _train(config, preset, None, tmp_path / "work", datasets, progress=False)
+    assert metrics["images"]["train"] == len(datasets[0]) and set(metrics["test_auroc"]) == set(FOUR)
+    assert (tmp_path / "work" / "predictions.csv").is_file()
