@@ -127,11 +127,11 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
     cache: the pipeline reads images decoded once and kept in memory (as the runner does when they fit), read
     through once before timing, with workers=0 (each DataLoader worker would keep a cache of its own).
     device_augment: the GPU path (as the runner trains on CUDA): a uint8 image cache written once (untimed, every
-    core) and read through a memory map, each batch augmented and normalized on the device.
+    core) and read through a memory map by the workers, each batch augmented and normalized on the device.
     compile: torch.compile the model; the compilation happens in the untimed warm-up steps."""
     device = resolve_device(device)
     if workers is None:
-        workers = 0 if cache or device_augment else min(8, os.cpu_count() or 1)
+        workers = 0 if cache else min(8, os.cpu_count() or 1)
     if cache and (workers or device_augment):
         raise ValueError("cache=True measures the in-memory cache of the main process: use workers=0, without "
                          "device_augment")

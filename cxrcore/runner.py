@@ -65,6 +65,7 @@ ID_COLUMNS = {"path": str, "patient_id": str, "study_id": str}
 # runs_dir's folder of the GPU path's uint8 image caches (cxrcore.image_cache), one subfolder per code hash: a cache
 # is not keyed on the decoder, a run is (delete the old subfolders to free their space)
 IMAGE_CACHE = "image-cache"
+GPU_PATH_WORKERS = 4  # DataLoader workers of a run on the GPU path when its config sets none
 CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory (decoded once per run) when they take less than this
 SHOWN_MISSING = 5  # missing image files named in the error
 
@@ -612,7 +613,9 @@ def _train(config: RunConfig, preset: Preset, weights: str | None, work: Path, d
     model = build_model(config.arch, len(config.findings), channels=config.channels, large=config.uses_large,
                         meta_features=3 if config.meta else 0, head=config.head, weights=weights,
                         freeze_backbone=config.freeze_backbone, seed=config.seed)
-    loader = {"batch_size": preset.batch_size, "num_workers": config.num_workers, "seed": config.seed}
+    # the GPU path's workers only slice a memory map and pin it: a few keep the GPU from waiting on the main process
+    workers = config.num_workers or (GPU_PATH_WORKERS if hasattr(train, "to_model_input") else 0)
+    loader = {"batch_size": preset.batch_size, "num_workers": workers, "seed": config.seed}
     cfg = preset.train_config(seed=config.seed, loss="multiclass3" if config.head == "multiclass3" else "bce",
                               checkpoint_dir=str(work / "checkpoints"), progress=progress)
     draws = _draws(config)
