@@ -148,15 +148,15 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
         if len(paths) < needed:
             root, source = Path(tmp), f"{needed} generated 320 px PNGs"
             paths = write_demo_images(root, needed)
-        from cxrcore.datasets import ManifestDataset
+        from cxrcore.datasets import DeviceAugmentedDataset, ManifestDataset
 
         dataset = ManifestDataset(bench_manifest(paths), root, ["Cardiomegaly"], image_size=size, augment="mild",
                                   cache=cache)
         if cache:
             for index in range(len(dataset)):
                 dataset[index]  # decode every image once: the timed steps read them from memory
-        if device_augment:
-            dataset = _device_dataset(dataset, Path(tmp) / "image-cache")
+        if device_augment:  # the cache is written here, before the timed steps, with every core
+            dataset = DeviceAugmentedDataset.cached(dataset, Path(tmp) / "image-cache", workers=os.cpu_count() or 1)
         loader = make_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                              device=device, distributed=False)
         pipeline = _timed(stepper, _model_batches(loader, device), steps, batch)
@@ -168,16 +168,6 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
                           "workers": workers, "decode_cache": cache, "device_augment": device_augment,
                           "data": source, "pipeline_img_s": round(pipeline, 1),
                           "model_img_s": round(model_alone, 1), "ratio": round(pipeline / model_alone, 3)}])
-
-
-def _device_dataset(dataset, folder: Path):
-    """The dataset on the GPU path: its uint8 image cache written first (every core), augmentation on the device."""
-    from cxrcore.datasets import DeviceAugmentedDataset
-    from cxrcore.image_cache import open_image_cache
-
-    paths = dataset.manifest["path"].astype(str).tolist()
-    cache = open_image_cache(paths, dataset.data_root, dataset.decode_size, folder, workers=os.cpu_count() or 1)
-    return DeviceAugmentedDataset(dataset, cache)
 
 
 def _model_batches(loader, device: torch.device):

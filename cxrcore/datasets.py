@@ -318,6 +318,15 @@ class DeviceAugmentedDataset(Dataset):
                      "augment", "decode_size"):
             setattr(self, name, getattr(dataset, name))
 
+    @classmethod
+    def cached(cls, dataset: ManifestDataset, folder: str | Path, workers: int = 1) -> DeviceAugmentedDataset:
+        """The dataset on the GPU path, its image cache under `folder` (written first by `workers` processes when
+        missing; several processes asking at once take turns, the later ones find it written)."""
+        from cxrcore.image_cache import open_image_cache
+
+        paths = dataset.manifest["path"].astype(str).tolist()
+        return cls(dataset, open_image_cache(paths, dataset.data_root, dataset.decode_size, folder, workers=workers))
+
     def __len__(self) -> int:
         return len(self.dataset)
 

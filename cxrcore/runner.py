@@ -565,20 +565,13 @@ def _trains_on_gpu(config: RunConfig) -> bool:
     return resolve_device("auto").type == "cuda" and not config.feature_cache
 
 
-def _device_datasets(datasets: tuple, folder: Path, lead: bool) -> tuple:
-    """The datasets on the GPU path: each image decoded once into a uint8 cache under `folder` (written by the
-    lead process with every core while the others wait; later runs reuse it), augmented on the device."""
+def _device_datasets(datasets: tuple, folder: Path) -> tuple:
+    """The datasets on the GPU path: each image decoded once into a uint8 cache under `folder` (with every core, by
+    whichever rank of a torchrun job comes first while the others wait; later runs reuse it), augmented on the
+    device."""
     from cxrcore.datasets import DeviceAugmentedDataset
-    from cxrcore.image_cache import open_image_cache
 
-    wrapped = []
-    for dataset in datasets:
-        where = (dataset.manifest["path"].astype(str).tolist(), dataset.data_root, dataset.decode_size, folder)
-        if lead:
-            open_image_cache(*where, workers=os.cpu_count() or 1)
-        _barrier()
-        wrapped.append(DeviceAugmentedDataset(dataset, open_image_cache(*where)))
-    return tuple(wrapped)
+    return tuple(DeviceAugmentedDataset.cached(dataset, folder, workers=os.cpu_count() or 1) for dataset in datasets)
 
 
 def _loss_weights(config: RunConfig, train) -> dict:
@@ -741,7 +734,7 @@ def _compute(config: RunConfig, runs_dir: Path, key: str, force: bool, progress:
         start = time.perf_counter()
         datasets = _datasets(config, preset, data_root)  # missing images are found here, before any work
         if _trains_on_gpu(config):
-            datasets = _device_datasets(datasets, runs_dir / IMAGE_CACHE / code_hash()[:16], lead)
+            datasets = _device_datasets(datasets, runs_dir / IMAGE_CACHE / code_hash()[:16])
         work = _work_folder(runs_dir, key) if lead else runs_dir / f".work-{key}"
         _barrier()  # the work folder is ready (a resumable checkpoint in it kept) before any rank reads it
         try:
@@ -806,7 +799,7 @@ def predict_split(result: Result, split: str = "valid", *, manifest: str | Path 
     of `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
     dataset = evaluation_dataset(result, split, manifest)
     if resolve_device(device).type == "cuda":  # the GPU path, as runs train there: decoded once, normalized on the GPU
-        dataset = _device_datasets((dataset,), result.run_dir.parent / IMAGE_CACHE / code_hash()[:16], lead=True)[0]
+        dataset = _device_datasets((dataset,), result.run_dir.parent / IMAGE_CACHE / code_hash()[:16])[0]
     loader = make_loader(dataset, batch_size=int(result.config["preset"]["batch_size"]), num_workers=num_workers,
                          seed=int(result.config["run"]["seed"]))
     where = split if manifest is None else f"{split} of {manifest}"

@@ -2,8 +2,6 @@
 normalized on the device (`DeviceAugmentedDataset.to_model_input`), real training steps through `fit`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
@@ -26,16 +24,10 @@ def manifest(chexpert_tree: CheXpertTree) -> pd.DataFrame:
     return assign_splits(read_chexpert(chexpert_tree.root), "chexpert", seed=0)
 
 
-def on_device(dataset: ManifestDataset, folder: Path) -> DeviceAugmentedDataset:
-    """The dataset on the GPU path, its cache written under `folder` at the dataset's decode size."""
-    paths = dataset.manifest["path"].astype(str).tolist()
-    return DeviceAugmentedDataset(dataset, open_image_cache(paths, dataset.data_root, dataset.decode_size, folder))
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 def test_evaluation_batches_equal_the_cpu_path(manifest, chexpert_tree, tmp_path, channels) -> None:
     cpu = ManifestDataset(manifest, chexpert_tree.root, FOUR, image_size=40, channels=channels)
-    gpu = on_device(cpu, tmp_path)
+    gpu = DeviceAugmentedDataset.cached(cpu, tmp_path)
     batch = next(iter(make_loader(gpu, batch_size=6, device="cpu")))
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (6, 1, 40, 40)
     model_input = gpu.to_model_input(batch["image"], batch["seed"])
@@ -46,7 +38,7 @@ def test_evaluation_batches_equal_the_cpu_path(manifest, chexpert_tree, tmp_path
 
 def test_training_batches_are_augmented_from_their_seeds(manifest, chexpert_tree, tmp_path) -> None:
     cpu = ManifestDataset(manifest, chexpert_tree.root, FOUR, image_size=32, augment="paper001")
-    gpu = on_device(cpu, tmp_path)
+    gpu = DeviceAugmentedDataset.cached(cpu, tmp_path)
     assert gpu.cache.side == cpu.decode_size == 37  # 256/224 of the input: the crop's field of view
     loader = make_loader(gpu, batch_size=4, shuffle=True, seed=1, device="cpu")
     batch = next(iter(loader))
@@ -63,8 +55,9 @@ def test_fit_trains_on_the_gpu_path_and_repeats_exactly(manifest, chexpert_tree,
     valid = manifest[manifest["split"] != "train"]
     histories, weights = [], []
     for _ in range(2):  # twice, from scratch
-        datasets = [on_device(ManifestDataset(rows, chexpert_tree.root, FOUR, image_size=32, augment=augment),
-                              tmp_path / "cache") for rows, augment in ((train, "paper000"), (valid, False))]
+        datasets = [DeviceAugmentedDataset.cached(ManifestDataset(rows, chexpert_tree.root, FOUR, image_size=32,
+                                                                  augment=augment), tmp_path / "cache")
+                    for rows, augment in ((train, "paper000"), (valid, False))]
         model = build_model("resnet18", len(FOUR), seed=0)
         loaders = (make_loader(datasets[0], batch_size=4, shuffle=True, drop_last=True, device="cpu"),
                    make_loader(datasets[1], batch_size=8, device="cpu"))
@@ -87,7 +80,7 @@ def test_the_runner_trains_and_tests_a_run_on_the_gpu_path(tmp_path) -> None:
                                   "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}, "seed": 0})
     preset = resolved_preset(config)
     folder = tmp_path / IMAGE_CACHE
-    datasets = _device_datasets(_datasets(config, preset, root), folder, lead=True)
+    datasets = _device_datasets(_datasets(config, preset, root), folder)
     assert all(isinstance(d, DeviceAugmentedDataset) for d in datasets)
     assert [d.cache.side for d in datasets] == [37, 32, 32]  # training images at the crop's decode size
     assert len(list(folder.glob("*.npy"))) == 3
