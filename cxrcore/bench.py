@@ -148,7 +148,8 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
         if len(paths) < needed:
             root, source = Path(tmp), f"{needed} generated 320 px PNGs"
             paths = write_demo_images(root, needed)
-        from cxrcore.datasets import DeviceAugmentedDataset, ManifestDataset
+        from cxrcore.datasets import ManifestDataset
+        from cxrcore.image_cache import device_dataset
 
         dataset = ManifestDataset(bench_manifest(paths), root, ["Cardiomegaly"], image_size=size, augment="mild",
                                   cache=cache)
@@ -156,7 +157,7 @@ def bench(arch: str = "densenet121", size: int = 224, batch: int = 32, precision
             for index in range(len(dataset)):
                 dataset[index]  # decode every image once: the timed steps read them from memory
         if device_augment:  # the cache is written here, before the timed steps, with every core
-            dataset = DeviceAugmentedDataset.cached(dataset, Path(tmp) / "image-cache", workers=os.cpu_count() or 1)
+            dataset = device_dataset(dataset, Path(tmp) / "image-cache", workers=os.cpu_count() or 1)
         loader = make_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                              device=device, distributed=False)
         pipeline = _timed(stepper, _model_batches(loader, device), steps, batch)

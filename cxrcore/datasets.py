@@ -303,7 +303,8 @@ class ManifestDataset(Dataset):
 class DeviceAugmentedDataset(Dataset):
     """A ManifestDataset's items with uint8 images (1, S, S) read from its pre-resized cache (`cxrcore.image_cache`,
     S its decode_size), augmented and normalized a whole batch at a time on the device (`to_model_input`): the GPU
-    path, whose DataLoader only slices a memory map (the CPU path decodes and augments each image with PIL)."""
+    path, whose DataLoader only slices a memory map (the CPU path decodes and augments each image with PIL). Made
+    by `cxrcore.image_cache.device_dataset`."""
 
     takes_item_seeds = True  # a shuffled loader hands items their seeds: each item's augmentation comes from its own
 
@@ -317,15 +318,6 @@ class DeviceAugmentedDataset(Dataset):
         for name in ("manifest", "findings", "targets", "mask", "features", "mean", "std", "image_size", "channels",
                      "augment", "decode_size"):
             setattr(self, name, getattr(dataset, name))
-
-    @classmethod
-    def cached(cls, dataset: ManifestDataset, folder: str | Path, workers: int = 1) -> DeviceAugmentedDataset:
-        """The dataset on the GPU path, its image cache under `folder` (written first by `workers` processes when
-        missing; several processes asking at once take turns, the later ones find it written)."""
-        from cxrcore.image_cache import open_image_cache
-
-        paths = dataset.manifest["path"].astype(str).tolist()
-        return cls(dataset, open_image_cache(paths, dataset.data_root, dataset.decode_size, folder, workers=workers))
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrcore.atomic import atomic_write
-from cxrcore.datasets import load_gray_image
+from cxrcore.datasets import DeviceAugmentedDataset, ManifestDataset, load_gray_image
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +221,11 @@ def open_image_cache(paths: Sequence[str], data_root: str | Path, side: int, fol
     """The cache of these images at this side under `folder`, written first if missing or unfinished."""
     out = cache_path(Path(folder), Path(data_root), paths, side)
     return ImageCache(write_image_cache(paths, data_root, side, out, workers=workers, progress=progress))
+
+
+def device_dataset(dataset: ManifestDataset, folder: str | Path, *, workers: int = 1) -> DeviceAugmentedDataset:
+    """The dataset on the GPU path, its images cached under `folder` at its decode size (written first by `workers`
+    processes when missing; several processes asking at once take turns, the later ones find it written)."""
+    paths = dataset.manifest["path"].astype(str).tolist()
+    cache = open_image_cache(paths, dataset.data_root, dataset.decode_size, folder, workers=workers)
+    return DeviceAugmentedDataset(dataset, cache)

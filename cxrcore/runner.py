@@ -569,9 +569,9 @@ def _device_datasets(datasets: tuple, folder: Path) -> tuple:
     """The datasets on the GPU path: each image decoded once into a uint8 cache under `folder` (with every core, by
     whichever rank of a torchrun job comes first while the others wait; later runs reuse it), augmented on the
     device."""
-    from cxrcore.datasets import DeviceAugmentedDataset
+    from cxrcore.image_cache import device_dataset
 
-    return tuple(DeviceAugmentedDataset.cached(dataset, folder, workers=os.cpu_count() or 1) for dataset in datasets)
+    return tuple(device_dataset(dataset, folder, workers=os.cpu_count() or 1) for dataset in datasets)
 
 
 def _loss_weights(config: RunConfig, train) -> dict:

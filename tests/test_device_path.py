@@ -9,7 +9,7 @@ from layouts import CheXpertTree, write_chexpert
 
 from cxrcore.datasets import DeviceAugmentedDataset, ManifestDataset
 from cxrcore.experiments import transfer
-from cxrcore.image_cache import open_image_cache
+from cxrcore.image_cache import device_dataset, open_image_cache
 from cxrcore.models import build_model
 from cxrcore.runner import IMAGE_CACHE, RunConfig, _datasets, _device_datasets, _train, resolved_preset
 from cxrcore.train import TrainConfig, fit, make_loader
@@ -27,7 +27,7 @@ def manifest(chexpert_tree: CheXpertTree) -> pd.DataFrame:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_evaluation_batches_equal_the_cpu_path(manifest, chexpert_tree, tmp_path, channels) -> None:
     cpu = ManifestDataset(manifest, chexpert_tree.root, FOUR, image_size=40, channels=channels)
-    gpu = DeviceAugmentedDataset.cached(cpu, tmp_path)
+    gpu = device_dataset(cpu, tmp_path)
     batch = next(iter(make_loader(gpu, batch_size=6, device="cpu")))
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (6, 1, 40, 40)
     model_input = gpu.to_model_input(batch["image"], batch["seed"])
@@ -38,7 +38,7 @@ def test_evaluation_batches_equal_the_cpu_path(manifest, chexpert_tree, tmp_path
 
 def test_training_batches_are_augmented_from_their_seeds(manifest, chexpert_tree, tmp_path) -> None:
     cpu = ManifestDataset(manifest, chexpert_tree.root, FOUR, image_size=32, augment="paper001")
-    gpu = DeviceAugmentedDataset.cached(cpu, tmp_path)
+    gpu = device_dataset(cpu, tmp_path)
     assert gpu.cache.side == cpu.decode_size == 37  # 256/224 of the input: the crop's field of view
     loader = make_loader(gpu, batch_size=4, shuffle=True, seed=1, device="cpu")
     batch = next(iter(loader))
@@ -55,7 +55,7 @@ def test_fit_trains_on_the_gpu_path_and_repeats_exactly(manifest, chexpert_tree,
     valid = manifest[manifest["split"] != "train"]
     histories, weights = [], []
     for _ in range(2):  # twice, from scratch
-        datasets = [DeviceAugmentedDataset.cached(ManifestDataset(rows, chexpert_tree.root, FOUR, image_size=32,
+        datasets = [device_dataset(ManifestDataset(rows, chexpert_tree.root, FOUR, image_size=32,
                                                                   augment=augment), tmp_path / "cache")
                     for rows, augment in ((train, "paper000"), (valid, False))]
         model = build_model("resnet18", len(FOUR), seed=0)
