@@ -55,9 +55,8 @@ def test_fit_trains_on_the_gpu_path_and_repeats_exactly(manifest, chexpert_tree,
     valid = manifest[manifest["split"] != "train"]
     histories, weights = [], []
     for _ in range(2):  # twice, from scratch
-        datasets = [device_dataset(ManifestDataset(rows, chexpert_tree.root, FOUR, image_size=32,
-                                                                  augment=augment), tmp_path / "cache")
-                    for rows, augment in ((train, "paper000"), (valid, False))]
+        datasets = [device_dataset(ManifestDataset(rows, chexpert_tree.root, FOUR, image_size=32, augment=augment),
+                                   tmp_path / "cache") for rows, augment in ((train, "paper000"), (valid, False))]
         model = build_model("resnet18", len(FOUR), seed=0)
         loaders = (make_loader(datasets[0], batch_size=4, shuffle=True, drop_last=True, device="cpu"),
                    make_loader(datasets[1], batch_size=8, device="cpu"))
