@@ -531,12 +531,13 @@ def _check_images(tables: dict[str, pd.DataFrame], sources: dict[str, str], data
                             "manifest without them (`python -m data_prep manifest ... --on-missing skip`)")
 
 
-def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
-    from cxrcore.datasets import ManifestDataset
-
+def split_tables(config: dict | RunConfig) -> dict[str, pd.DataFrame]:
+    """The manifest rows of a run's "train", "valid" and "test" images, as its datasets read them (`training_rows`
+    for the training split; the test rows from its test manifest when it has one), without loading an image."""
+    config = RunConfig.from_dict(config)
     manifest = load_manifest(config.manifest)
     test_source = load_manifest(config.test_manifest) if config.test_manifest else manifest
-    tables = {
+    return {
         "train": _split_rows(manifest, config.train_split, config.views, config.max_train_images, config.seed,
                              config.manifest, _train_share(config)),
         "valid": _split_rows(manifest, config.valid_split, config.views, config.max_valid_images, config.seed,
@@ -544,6 +545,12 @@ def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
         "test": _split_rows(test_source, config.test_split, config.views, config.max_test_images, config.seed,
                             config.test_manifest or config.manifest),
     }
+
+
+def _datasets(config: RunConfig, preset: Preset, data_root: Path) -> tuple:
+    from cxrcore.datasets import ManifestDataset
+
+    tables = split_tables(config)
     _check_images(tables, {"train": config.manifest, "valid": config.manifest,
                            "test": config.test_manifest or config.manifest}, data_root)
     common = {"data_root": data_root, "findings": config.findings, "policy": config.policy,
@@ -565,12 +572,13 @@ def _trains_on_gpu(config: RunConfig) -> bool:
     return resolve_device("auto").type == "cuda" and not config.feature_cache
 
 
-def _device_datasets(datasets: tuple, folder: Path) -> tuple:
-    """The datasets on the GPU path: each image decoded once into a uint8 cache under `folder` (with every core, by
-    whichever rank of a torchrun job comes first while the others wait; later runs reuse it), augmented on the
-    device."""
+def _device_datasets(datasets: tuple, runs_dir: Path) -> tuple:
+    """The datasets on the GPU path: each image decoded once into a uint8 cache under runs_dir/IMAGE_CACHE/<code
+    hash> (with every core, by whichever rank of a torchrun job comes first while the others wait; later runs reuse
+    it), augmented on the device."""
     from cxrcore.image_cache import device_dataset
 
+    folder = runs_dir / IMAGE_CACHE / code_hash()[:16]
     return tuple(device_dataset(dataset, folder, workers=os.cpu_count() or 1) for dataset in datasets)
 
 
@@ -734,7 +742,7 @@ def _compute(config: RunConfig, runs_dir: Path, key: str, force: bool, progress:
         start = time.perf_counter()
         datasets = _datasets(config, preset, data_root)  # missing images are found here, before any work
         if _trains_on_gpu(config):
-            datasets = _device_datasets(datasets, runs_dir / IMAGE_CACHE / code_hash()[:16])
+            datasets = _device_datasets(datasets, runs_dir)
         work = _work_folder(runs_dir, key) if lead else runs_dir / f".work-{key}"
         _barrier()  # the work folder is ready (a resumable checkpoint in it kept) before any rank reads it
         try:
@@ -799,7 +807,7 @@ def predict_split(result: Result, split: str = "valid", *, manifest: str | Path 
     of `cxrcore.train.predict`. Choose decision thresholds on "valid", never on "test"."""
     dataset = evaluation_dataset(result, split, manifest)
     if resolve_device(device).type == "cuda":  # the GPU path, as runs train there: decoded once, normalized on the GPU
-        dataset = _device_datasets((dataset,), result.run_dir.parent / IMAGE_CACHE / code_hash()[:16])[0]
+        dataset = _device_datasets((dataset,), result.run_dir.parent)[0]
     loader = make_loader(dataset, batch_size=int(result.config["preset"]["batch_size"]), num_workers=num_workers,
                          seed=int(result.config["run"]["seed"]))
     where = split if manifest is None else f"{split} of {manifest}"

@@ -78,8 +78,8 @@ def test_the_runner_trains_and_tests_a_run_on_the_gpu_path(tmp_path) -> None:
                                   "findings": FOUR, "arch": "resnet18", "preset": "paper001", "profile": "quick",
                                   "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}, "seed": 0})
     preset = resolved_preset(config)
-    folder = tmp_path / IMAGE_CACHE
-    datasets = _device_datasets(_datasets(config, preset, root), folder)
+    datasets = _device_datasets(_datasets(config, preset, root), tmp_path)
+    folder = next((tmp_path / IMAGE_CACHE).iterdir())  # the code hash's subfolder
     assert all(isinstance(d, DeviceAugmentedDataset) for d in datasets)
     assert [d.cache.side for d in datasets] == [37, 32, 32]  # training images at the crop's decode size
     assert len(list(folder.glob("*.npy"))) == 3

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxrcore.bench import training_flops
 from cxrcore.experiments import experiment
-from cxrcore.runner import RunConfig, resolved_preset, run_key, training_rows
+from cxrcore.runner import RunConfig, resolved_preset, run_key, split_tables
 from cxrcore.settings import Settings
 
 # model-alone training images/s measured on one NVIDIA H200 (2026-11-26, bf16 autocast, channels-last, benchmarks
@@ -42,8 +42,8 @@ def run_seconds(config: dict) -> dict:
     """A run's estimated GPU seconds with what they come from (epochs, images, training FLOPs per image)."""
     checked = RunConfig.from_dict(config)
     preset = resolved_preset(checked)
-    images = {"train": checked.draws_per_epoch or len(training_rows(checked)),
-              "valid": _split_size(checked, checked.valid_split), "test": _split_size(checked, checked.test_split)}
+    images = {split: len(rows) for split, rows in split_tables(checked).items()}
+    images["train"] = checked.draws_per_epoch or images["train"]
     flops = 0.0 if checked.arch == "metadata" else _step_flops(checked.arch, preset.image_size, checked.channels,
                                                               checked.uses_large, checked.meta)
     rate = flops_per_second("densenet" if checked.arch.startswith("densenet") else "other")
@@ -54,15 +54,6 @@ def run_seconds(config: dict) -> dict:
     return {"arch": checked.arch, "side": preset.image_size, "batch": preset.batch_size, "epochs": preset.epochs,
             **{f"{split} images": count for split, count in images.items()},
             "GFLOP per image": flops / 1e9, "seconds": passes * flops / rate}
-
-
-def _split_size(config: RunConfig, split: str) -> int:
-    from cxrcore.manifest import load_manifest
-
-    table = load_manifest(config.test_manifest if split == config.test_split and config.test_manifest
-                          else config.manifest)
-    rows = table[table["split"] == split]
-    return int(rows["view"].isin(config.views).sum()) if config.views else len(rows)
 
 
 def estimate(names: list[str], settings: Settings) -> pd.DataFrame:
