@@ -37,12 +37,12 @@ CXR_PROFILE   ?= quick
 # images for at most one epoch, so the test suite checks every chapter end to end in minutes while `make book`
 # trains the quick book (~35 min on two cores, measured 2026-11-26); TEST_PROFILE=quick tests the quick book itself
 TEST_PROFILE  ?= smoke
-# the demo sites `make data` writes: DEMO=quick (3,000 images per site at 128 px, data/demo) or DEMO=gpu (20,000 per
+# the demo sites `make data` writes: DEMO=quick (3,000 images per site at 128 px, data/demo) or DEMO=gpu (10,000 per
 # site at 320 px, data/demo-gpu: for a GPU without the real downloads; the default with CXR_PROFILE=gpu); an
 # interrupted `make data` resumes
 DEMO          ?= $(if $(filter gpu,$(CXR_PROFILE)),gpu,quick)
 DEMO_ARGS_quick :=
-DEMO_ARGS_gpu   := --per-site 20000 --size 320
+DEMO_ARGS_gpu   := --per-site 10000 --size 320
 ifeq ($(filter $(DEMO),quick gpu),)
   $(error DEMO=$(DEMO): expected quick (the default) or gpu)
 endif

@@ -13,7 +13,7 @@ from cxrcore.__main__ import COMMANDS
 from cxrcore.bench import training_flops
 from cxrcore.cli import dispatch
 from cxrcore.experiments import leakage
-from cxrcore.experiments.estimate import FORWARD_SHARE, estimate, flops_per_second, summary
+from cxrcore.experiments.estimate import FORWARD_SHARE, RUN_START_S, estimate, flops_per_second, summary
 from cxrcore.presets import (
     GPU_BATCH,
     GPU_FIELDS,
@@ -66,8 +66,8 @@ def test_estimate_adds_up_epochs_images_and_flops(tmp_path: Path, monkeypatch: p
     assert list(table["experiment"]) == ["leakage", "leakage"] and (table["side"] == 320).all()
     row = table.iloc[0]
     flops = training_flops("resnet18", 320)
-    expected = (row["epochs"] * (row["train images"] + FORWARD_SHARE * row["valid images"])
-                + FORWARD_SHARE * row["test images"]) * flops / flops_per_second("other")
+    expected = RUN_START_S + (row["epochs"] * (row["train images"] + FORWARD_SHARE * row["valid images"])
+                              + FORWARD_SHARE * row["test images"]) * flops / flops_per_second("other")
     assert row["epochs"] == GPU_MAX_EPOCHS and row["seconds"] == pytest.approx(expected)
     assert summary(table).loc["all", "seconds"] == pytest.approx(table["seconds"].sum(), abs=0.5)
     for name, value in {"CXR_PROFILE": "gpu", "CXR_DATA_ROOT": str(root), "CXR_RUNS_DIR": str(runs)}.items():
