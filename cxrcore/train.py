@@ -36,6 +36,9 @@ SCHEDULERS = ("plateau", "onecycle", "none")
 _RESUME_FREE = {"epochs", "progress", "resume", "checkpoint_dir", "device", "compile"}
 # an epoch whose mean training loss exceeds this multiple of the chance loss has diverged (see `fit`)
 DIVERGED_FACTOR = 50.0
+# On a GPU the training loop reads its images' and losses' finiteness back every this many steps, not every step:
+# each read waits for the device, and two waits a step left it idle while the next kernels were launched.
+GPU_CHECK_EVERY = 32
 
 
 @dataclass
@@ -247,16 +250,52 @@ def _batch_to(batch: dict, device: torch.device, channels_last: bool, prepare: C
     return images, target, mask, features
 
 
+class _StepChecks:
+    """The training steps' image and loss finiteness, kept on the device and read back every `every` steps (at the
+    latest at the epoch's end); raises as the per-step checks would, naming the first bad step."""
+
+    def __init__(self, epoch: int, every: int, lr: float) -> None:
+        self.epoch, self.every, self.lr = epoch, every, lr
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, list]] = []  # (step, (B,) images finite, loss, paths)
+
+    def add(self, step: int, images: torch.Tensor, loss: torch.Tensor, batch: dict) -> None:
+        """Queue a step's checks; read them back when `every` steps are queued."""
+        finite = torch.isfinite(images).flatten(1).all(dim=1)  # (B,) bool, on the device
+        self.pending.append((step, finite, loss.detach(), list(batch.get("path", []))))
+        if len(self.pending) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        """Read the queued steps back (one wait for the device) and raise at the first bad one."""
+        if not self.pending:
+            return
+        status = torch.stack([torch.stack([finite.all(), torch.isfinite(loss)])
+                              for _, finite, loss, _ in self.pending]).tolist()  # (steps, 2) bools
+        for (step, finite, loss, paths), (images_ok, loss_ok) in zip(self.pending, status, strict=True):
+            if not images_ok:
+                _raise_bad_images(finite, paths, f"in the training batch at epoch {self.epoch}, step {step}")
+            if not loss_ok:
+                raise FloatingPointError(f"training diverged: the loss is {float(loss)} at epoch {self.epoch}, "
+                                         f"step {step} (its {len(finite)} images are finite); lower the learning "
+                                         f"rate (lr={self.lr:g})")
+        self.pending.clear()
+
+
+def _raise_bad_images(finite: torch.Tensor, paths: Sequence[str], where: str) -> None:
+    """Raise naming the images of a batch whose (B,) `finite` flag is False."""
+    bad = (~finite).nonzero().flatten().tolist()
+    named = list(paths) or [f"batch item {i}" for i in range(len(finite))]
+    raise FloatingPointError(f"{len(bad)} image(s) with NaN/inf pixel values {where}: {[named[i] for i in bad]}; "
+                             "check those files (a float image holding NaN, or a normalization std of 0)")
+
+
 def _check_images(images: torch.Tensor, batch: dict, where: str) -> None:
     """Raise naming the images of a batch that hold NaN/inf values (one test per batch, per image only on failure)."""
     if bool(torch.isfinite(images.sum())):  # one reduction (5x cheaper than isfinite().all()): NaN/inf propagate
         return
-    bad = (~torch.isfinite(images.flatten(1)).all(dim=1)).nonzero().flatten().tolist()
-    if not bad:  # the sum of finite values overflowed
-        return
-    paths = list(batch.get("path", [f"batch item {i}" for i in range(len(images))]))
-    raise FloatingPointError(f"{len(bad)} image(s) with NaN/inf pixel values {where}: {[paths[i] for i in bad]}; "
-                             "check those files (a float image holding NaN, or a normalization std of 0)")
+    finite = torch.isfinite(images.flatten(1)).all(dim=1)
+    if not bool(finite.all()):  # else the sum of finite values overflowed
+        _raise_bad_images(finite, list(batch.get("path", [])), where)
 
 
 def _check_scores(prob: np.ndarray, ids: dict, split: str) -> None:
@@ -469,40 +508,41 @@ class _Trainer:
         if hasattr(self.train_loader.sampler, "set_epoch"):  # EpochPermutation, ItemSeeds, DistributedSampler
             self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
-        loss_sum, images_seen, start = 0.0, 0, time.perf_counter()
-        chance_sum = torch.zeros((), device=self.device)  # a tensor: no extra device sync per step
+        images_seen, start = 0, time.perf_counter()
+        # sums kept as device tensors: reading them per step would make the CPU wait for the GPU every step
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        chance_sum = torch.zeros((), device=self.device)
+        checks = _StepChecks(epoch, GPU_CHECK_EVERY if self.device.type == "cuda" else 1, self.cfg.lr)
         total = self.steps_per_epoch()
         bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, mininterval=1.0,
                    disable=not self.cfg.progress or self.rank != 0)
         for step, batch in enumerate(self.train_loader, start=1):
             images, target, mask, features = _batch_to(batch, self.device, self.channels_last, self.prepare)
-            _check_images(images, batch, f"in the training batch at epoch {epoch}, step {step}")
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 logits = _forward(self.model, images, features, self.uses_meta)
             loss = self.criterion.train(logits, target, mask)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training diverged: the loss is {loss_value} at epoch {epoch}, step {step} "
-                                         f"(its {len(images)} images are finite); lower the learning rate "
-                                         f"(lr={self.cfg.lr:g})")
+            checks.add(step, images, loss, batch)  # on the CPU: checked now, before the step changes the weights
             chance_sum += self.criterion.train(torch.zeros_like(logits), target, mask).detach() * len(images)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             if self.cfg.scheduler == "onecycle" and self.scheduler is not None:
                 self.scheduler.step()
-            loss_sum += loss_value * len(images)
+            loss_sum += loss.detach().double() * len(images)
             images_seen += len(images)
-            elapsed = time.perf_counter() - start
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / images_seen:.4f}", img_s=f"{images_seen * self.world / elapsed:.1f}")
+            if not checks.pending:  # just read back: the device has caught up, so reading the loss costs no wait
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{float(loss_sum) / images_seen:.4f}",
+                                img_s=f"{images_seen * self.world / elapsed:.1f}")
             if step >= total:
                 break
+        checks.check()
         bar.close()
         seconds = time.perf_counter() - start
-        totals = torch.tensor([loss_sum, float(images_seen), float(chance_sum)], dtype=torch.float64)
+        totals = torch.stack([loss_sum, torch.tensor(float(images_seen), dtype=torch.float64, device=self.device),
+                              chance_sum.double()])
         if self.distributed:
-            totals = totals.to(self.device)
             dist.all_reduce(totals)
         loss_sum, images_all, chance_sum = totals.tolist()
         return loss_sum / max(images_all, 1.0), chance_sum / max(images_all, 1.0), images_all / seconds, seconds

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from cxrcore.datasets import ManifestDataset
 from cxrcore.models import build_model
-from cxrcore.train import TrainConfig, fit, make_loader, predict
+from cxrcore.train import TrainConfig, _StepChecks, fit, make_loader, predict
 from data_prep.manifests import assign_splits, read_chexpert
 
 SIZE = 32
@@ -88,6 +88,31 @@ def test_predict_table_has_ids_probabilities_targets(tmp_path):
     assert frame["square_score"].between(0, 1).all()
     np.testing.assert_array_equal(frame["square"], valid.dataset.targets[:, 0])
     assert frame["path"].iloc[3] == "img3.png"
+
+
+def test_step_checks_read_back_late_still_name_the_first_bad_step():
+    # on a GPU the loop reads finiteness back every GPU_CHECK_EVERY steps: the error must name the step it came from
+    def batch(step: int) -> dict:
+        return {"path": [f"s{step}_a.png", f"s{step}_b.png"]}
+
+    images, loss = torch.zeros(2, 1, 4, 4), torch.tensor(0.7)
+    bad_images = images.clone()
+    bad_images[1, 0, 2, 2] = float("inf")
+    checks = _StepChecks(epoch=3, every=4, lr=0.01)
+    checks.add(1, images, loss, batch(1))
+    checks.add(2, bad_images, torch.tensor(float("nan")), batch(2))  # queued: nothing read back yet
+    checks.add(3, images, torch.tensor(float("nan")), batch(3))
+    with pytest.raises(FloatingPointError, match=r"1 image\(s\) with NaN/inf pixel values in the training batch at "
+                                                 r"epoch 3, step 2: \['s2_b.png'\]"):
+        checks.check()
+    diverged = _StepChecks(epoch=1, every=2, lr=0.01)
+    diverged.add(1, images, loss, batch(1))
+    with pytest.raises(FloatingPointError, match=r"the loss is nan at epoch 1, step 2 \(its 2 images are finite\)"):
+        diverged.add(2, images, torch.tensor(float("nan")), batch(2))  # the second step fills the queue: read back
+    fine = _StepChecks(epoch=1, every=2, lr=0.01)
+    for step in (1, 2, 3):
+        fine.add(step, images, loss, batch(step))
+    assert len(fine.pending) == 1 and fine.check() is None and not fine.pending
 
 
 def test_nan_loss_raises_naming_epoch_and_step():
