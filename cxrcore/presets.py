@@ -27,8 +27,9 @@ SMOKE_MAX_EPOCHS = 1
 SMOKE_TRAIN_SHARE = 0.125
 # The gpu profile (one H100-class GPU, the GPU-sized demo sites): the papers' input sizes on every training image,
 # epochs capped so that a chapter takes at most about 15 minutes on the 10,000-per-site sites (measured on an H100
-# for two experiments, estimated for the rest: `python -m cxrcore experiment NAME --estimate`), batch 64 (32 for "-large", the papers' ratio): at the papers'
-# 16 a GPU step is too short to hide the per-batch work (a fifth of batch 64's images/s, benchmarks appendix).
+# for two experiments, estimated for the rest: `python -m cxrcore experiment NAME --estimate`), batch 64 (32 for
+# "-large", the papers' ratio): at the papers' 16 a GPU step is too short to hide the per-batch work (a fifth of
+# batch 64's images/s, benchmarks appendix).
 GPU_BATCH = 64
 GPU_MAX_EPOCHS = 12
 GPU_FIELDS = ("batch_size", "epochs", "scheduler")
