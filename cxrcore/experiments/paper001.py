@@ -17,9 +17,11 @@
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from cxrcore.experiments import source_models
 from cxrcore.experiments.tables import (
@@ -33,7 +35,7 @@ from cxrcore.experiments.tables import (
 from cxrcore.findings import NIH_HARMONIZED, PATIENT_TARGETS
 from cxrcore.metrics import auroc_per_class, bootstrap_auroc_ci, mae, score_column
 from cxrcore.models import build_model
-from cxrcore.runner import Result, run
+from cxrcore.runner import Result, resolved_preset, run
 from cxrcore.settings import Settings, quick_sized
 
 NAME = "paper001"
@@ -45,6 +47,7 @@ DEPTHS = {"ResNet-38": "resnet38", "ResNet-50": "resnet50", "ResNet-101": "resne
 SMALL_FOCAL = ("Nodule", "Mass")  # paper 001: the findings "-large" should help most (fractures are not labelled)
 QUICK_TRAIN_IMAGES = 1200  # training images of every run in the quick profile (whole patients)
 QUICK_EPOCHS = 5  # every run's epochs in the quick profile
+LEARNED_AUROC = 0.6  # the chapter's line between a network that learned and one that barely started (0.5: chance)
 METADATA_IMAGE_SIZE = 32  # the metadata-only model does not look at its images: decode them as small as allowed
 SPLIT_SEED = 0
 SECTIONS = {
@@ -115,6 +118,27 @@ def results(settings: Settings) -> pd.DataFrame:
     rows = [result_row(NAME, arm, section, result, FINDINGS, draws)
             for (section, arm), result in finding_runs(runs(settings)).items()]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def input_sides(configs: Mapping[tuple[str, str], dict]) -> tuple[int, int]:
+    """The input side of the standard arms and of "-large" in the configs' profile (64 and 128 px in the quick one)."""
+    return (resolved_preset(configs[("depth", BASE)]).image_size,
+            resolved_preset(configs[("resolution", f"{BASE}-large")]).image_size)
+
+
+def stored_width(manifest: pd.DataFrame, data_root: Path) -> int:
+    """The width in pixels of the manifest's first film as stored under data_root (the detail any input can see)."""
+    with Image.open(Path(data_root) / manifest["path"].iloc[0]) as image:
+        return image.width
+
+
+def learning_summary(histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per run: its best validation mean AUROC, that epoch, and the last epoch's validation mean AUROC."""
+    rows = {name: {"best validation AUROC": float(history["mean_auroc"].max()),
+                   "best epoch": int(history.loc[history["mean_auroc"].idxmax(), "epoch"]),
+                   "last epoch's validation AUROC": float(history["mean_auroc"].iloc[-1])}
+            for name, history in histories.items()}
+    return pd.DataFrame(rows).T.astype({"best epoch": int})
 
 
 def parameters(arch: str, large: bool = False, meta: bool = False) -> int:
