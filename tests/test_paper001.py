@@ -60,6 +60,20 @@ def test_every_arm_shares_the_recipe_and_the_resnet50_is_one_run(settings) -> No
     assert [len(stage) for stage in paper001.stages(settings)] == [6, 1]
 
 
+def test_input_sides_stored_width_and_learning_summary(settings, model_runs) -> None:
+    # what the chapter's text reads instead of the quick profile's values: sides per profile, the films' own width
+    assert paper001.input_sides(paper001.configs(settings)) == (64, 128)
+    gpu = make_settings("gpu", settings.data_root, settings.runs_dir)
+    assert paper001.input_sides(paper001.configs(gpu)) == (224, 448)
+    official = load_manifest(paper001.configs(settings)[("depth", paper001.BASE)]["manifest"])
+    assert paper001.stored_width(official, settings.data_root) == 48  # the fixture's --size
+    history = pd.DataFrame({"epoch": [1, 2, 3], "mean_auroc": [0.52, 0.71, 0.66]})
+    summary = paper001.learning_summary({"a": history, "real": model_runs[("depth", "ResNet-38")].history})
+    assert summary.loc["a"].to_dict() == {"best validation AUROC": 0.71, "best epoch": 2,
+                                          "last epoch's validation AUROC": 0.66}
+    assert summary.loc["real", "best epoch"] == 1  # the tiny run's one epoch
+
+
 def test_tables_of_depth_resolution_and_patient_data(model_runs) -> None:
     depth = paper001.depth_table(model_runs, n_boot=20)
     assert list(depth.index) == list(paper001.DEPTHS)
