@@ -79,6 +79,6 @@ def sibling_share(image_wise: pd.DataFrame) -> float:
 def verdict(patient_wise: pd.Series, image_wise: pd.Series) -> str:
     """A sentence on two mean AUROC rows (auroc, low, high): do their intervals overlap, and which is higher."""
     if image_wise["low"] <= patient_wise["high"] and patient_wise["low"] <= image_wise["high"]:
-        return "The intervals overlap: on this small run the two estimates are not distinguishable."
+        return "The intervals overlap: this run cannot tell the two estimates apart."
     higher = "higher" if image_wise["auroc"] > patient_wise["auroc"] else "lower"
     return f"The intervals do not overlap: the image-wise estimate is {higher}."

@@ -98,7 +98,7 @@ def describe(sweep: pd.DataFrame) -> dict[str, str]:
     shrinks = gaps["difference"].iloc[-1] < gaps["difference"].iloc[0]
     steady = gaps["difference"].is_monotonic_decreasing
     trend = (("shrinks" if steady else "shrinks, though not at every step") + ". "
-             "This is the shape of the papers' lesson, at a scale a laptop can run: with few target images "
+             "This is the shape of the papers' lesson, at this run's scale: with few target images "
              "the source model's features carry the result, and the more target images there are, the more a network "
              "trained from scratch learns the same on its own." if shrinks else
              "does not shrink on these sizes: here the papers' lesson does not show, and the intervals say how sure "
