@@ -132,7 +132,8 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
                 shortcut.configs(settings).items()}
     configs = shortcut.configs(settings)
     base = paper001.configs(settings)[("depth", paper001.BASE)]
-    assert configs["as published"] == {**base, "overrides": {**base["overrides"], "epochs": shortcut.QUICK_EPOCHS}}
+    assert configs["as published"] == {**base, "max_train_images": None,  # every training film
+                                       "overrides": {**base["overrides"], "epochs": shortcut.QUICK_EPOCHS}}
     assert configs["drain-free training"] == {**configs["as published"],
                                               "manifest": str(shortcut.drain_free_manifest(settings))}
     drains = shortcut.drain_paths(settings.data_root)
@@ -142,6 +143,12 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     assert groups.loc["positives with a drain", "positives"] == positives["path"].isin(drains).sum()
     assert groups.loc["all positives", "positives"] == len(positives)
     assert (groups["negatives"] == (predictions[shortcut.FINDING] == 0).sum()).all()
+    paired = shortcut.twin_against_published(finished, drains)
+    twin_groups = shortcut.subgroup_table(finished["drain-free training"].predictions, drains, n_boot=20)
+    np.testing.assert_allclose(paired["published"], groups["auroc"])  # the same films, the same AUROCs
+    np.testing.assert_allclose(paired["twin"], twin_groups["auroc"])
+    assert ((paired["p"] >= 0) & (paired["p"] <= 1)).all() and (paired["positives"] == groups["positives"]).all()
+    assert shortcut.cure_reading(paired).startswith("Paired on the same test films")
     scores = shortcut.counterfactual_scores(finished["as published"], settings)
     assert len(scores) == predictions["path"].isin(drains).sum() > 0
     np.testing.assert_allclose(scores["change"], scores["score without the drain"] - scores["score"])
@@ -164,6 +171,21 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     inside = energy.filter(like="energy inside").astype(float)
     assert (inside.isna() | ((inside >= 0) & (inside <= 1))).all().all()
     assert (energy["films"] == len(paths)).all() and (energy["all-zero maps"] <= len(paths)).all()
+
+
+def test_the_cure_reading_claims_only_what_the_test_set_detects() -> None:
+    def paired(treated: tuple[float, float], untreated: tuple[float, float], everyone: tuple[float, float]):
+        rows = {group: {"difference": d, "p": p, "positives": 20} for group, (d, p) in
+                zip(shortcut.GROUPS, (treated, untreated, everyone), strict=True)}
+        return pd.DataFrame(rows).T
+
+    unclear = shortcut.cure_reading(paired((-0.02, 0.4), (0.05, 0.3), (-0.01, 0.6)))
+    assert "neither difference" in unclear and "drain." not in unclear
+    bought = shortcut.cure_reading(paired((-0.1, 0.001), (0.08, 0.01), (-0.04, 0.02)))
+    assert "buys it back" in bought and "0.100 lower" in bought
+    assert "no headline cost" in shortcut.cure_reading(paired((0.0, 0.9), (0.08, 0.01), (0.01, 0.5)))
+    assert "did worse" in shortcut.cure_reading(paired((0.0, 0.9), (-0.08, 0.01), (0.01, 0.5)))
+    assert "headline cost is one" in shortcut.cure_reading(paired((0.0, 0.9), (0.02, 0.5), (-0.05, 0.01)))
 
 
 def test_without_counterfactuals_the_lab_says_how_to_make_them(settings, tmp_path) -> None:
