@@ -44,6 +44,7 @@ SITE = "nih"
 MODELS = ("as published", "drain-free training")
 GROUPS = ("positives with a drain", "positives without a drain", "all positives")
 MAX_MAP_IMAGES = 24
+ALPHA = 0.05  # the significance level of the paired comparison of the twin with the published-style model
 QUICK_EPOCHS = 10  # both models' epochs in the quick profile, on every training film (paper001's runs train 5)
 
 
@@ -167,7 +168,7 @@ def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.
     return pd.DataFrame(rows).T.astype({"positives": int})
 
 
-def cure_reading(paired: pd.DataFrame, alpha: float = 0.05) -> str:
+def cure_reading(paired: pd.DataFrame, alpha: float = ALPHA) -> str:
     """What `twin_against_published` says of the cure, in words: which differences this test set can detect."""
     treated, untreated, everyone = (paired.loc[group] for group in GROUPS)
     cost, benefit = everyone["difference"], untreated["difference"]
