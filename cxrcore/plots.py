@@ -265,12 +265,15 @@ def size_sweep(table: pd.DataFrame, axes: Sequence[Axes], *, title: str = "Train
 
 
 def cam_grid(images: np.ndarray | torch.Tensor, maps: Mapping[str, np.ndarray], masks: Sequence[np.ndarray],
-             title: str, rows: int = 3, image_title: str = "image") -> Figure:
-    """Figure: the first `rows` grey images (a region outlined when masks are given), then each model's CAM overlay."""
+             title: str, rows: int = 3, image_title: str = "image", row_labels: Sequence[str] = ()) -> Figure:
+    """Figure: the first `rows` grey images (a region outlined when masks are given, each row named by `row_labels`
+    when given), then each model's (or method's) CAM overlay."""
     columns = [image_title, *maps]
     figure, axes = plt.subplots(rows, len(columns), figsize=(1.55 * len(columns), 1.75 * rows), squeeze=False)
     for row in range(rows):
         axes[row, 0].imshow(images[row], cmap="gray")
+        if row_labels:
+            axes[row, 0].set_ylabel(row_labels[row], fontsize=8)
         if len(masks):
             axes[row, 0].contour(masks[row], levels=[0.5], colors="yellow", linewidths=0.8)
         for col, name in enumerate(maps, start=1):
@@ -293,8 +296,8 @@ def differences_against_spread(differences: pd.Series, fold_means: pd.Series, ax
     width, sd = float(fold_means.max() - fold_means.min()), float(fold_means.std(ddof=1))
     positions = np.arange(len(differences))[::-1]
     ax.axvspan(-width, width, color="#d5dbdb", label=f"split-to-split range ({len(fold_means)} resamplings)")
-    for edge in (-sd, sd):
-        ax.axvline(edge, color="grey", linestyle=":", linewidth=1)
+    for edge, label in ((-sd, "one SD between splits"), (sd, None)):
+        ax.axvline(edge, color="grey", linestyle=":", linewidth=1, label=label)
     colours = ["#1f4e79" if abs(v) >= width else "#95a5a6" for v in differences]
     ax.barh(positions, differences.to_numpy(), color=colours, height=0.6)
     ax.axvline(0, color="black", linewidth=0.8)

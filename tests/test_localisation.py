@@ -7,14 +7,17 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
+from cxrcore import cam as cam_module
 from cxrcore.experiments.localisation import (
     drawn_sign_paths,
     has_sign_masks,
     localisation_summary,
     localisation_table,
     mask_file,
+    pointing_game_caveat,
     sign_mask,
     sign_masks,
 )
@@ -39,8 +42,14 @@ def test_drawn_sign_paths_keeps_order_and_limit(tmp_path: Path) -> None:
                           "sign": ["effusion", "effusion", "effusion", "opacity", "effusion"]})
     signs.to_csv(tmp_path / "_synth" / "chexpert_signs.csv", index=False)
     assert has_sign_masks(tmp_path)
+    effusion, opacity = np.zeros((8, 8), dtype=np.uint8), np.zeros((8, 8), dtype=np.uint8)
+    effusion[6:, :3], opacity[:2, :2] = SIGN_IDS["effusion"], SIGN_IDS["opacity"]
+    for path in "abcde":
+        write_mask(tmp_path, path, effusion)
     assert drawn_sign_paths(tmp_path, "chexpert", "effusion", ["e", "d", "c", "b", "a"], 10) == ["e", "c", "a"]
     assert drawn_sign_paths(tmp_path, "chexpert", "effusion", pd.Series(["e", "d", "c", "b", "a"]), 2) == ["e", "c"]
+    write_mask(tmp_path, "c", opacity)  # drawn, but nothing of it on the film (a small effusion on a frontal film)
+    assert drawn_sign_paths(tmp_path, "chexpert", "effusion", ["e", "d", "c", "b", "a"], 10) == ["e", "a"]
 
 
 def test_sign_mask_reads_the_red_channel_resized(tmp_path: Path) -> None:
@@ -92,3 +101,22 @@ def test_localisation_table_scores_maps_at_their_own_side() -> None:
     assert summary.endswith("All-zero maps (no positive evidence anywhere after the map's ReLU): mixed (1 of 2 "
                             "images); those maps do not count in the energy column.")
     assert "all-zero" not in localisation_summary(table.drop("mixed"), masks_for_side(4))
+    coarse = localisation_summary(table, masks_for_side(4), cells=2)
+    assert "peak inside on" not in coarse and pointing_game_caveat(2) in coarse
+    assert "peak inside on 100%" in localisation_summary(table, masks_for_side(4), cells=7)
+
+
+def test_the_pointing_game_caveat_covers_exactly_the_grids_whose_peak_is_a_corner() -> None:
+    """A CAM upsampled as cxrcore.cam does it: a 2 x 2 grid's peak is the corner block on its highest cell's side,
+    wherever that cell is; from 3 x 3 an inner cell's peak is inside the image, and no caveat is given."""
+    side = 64
+    for cells, caveat in ((2, True), (3, False)):
+        assert bool(pointing_game_caveat(cells)) == caveat
+        for row, col in np.ndindex(cells, cells):
+            grid = torch.zeros(1, 1, cells, cells)
+            grid[0, 0, row, col] = 1.0
+            peak = np.argwhere(cam_module._scale_maps(grid, (side, side), True)[0, 0] == 1.0)  # the tied maxima
+            corner = {0: range(0, side // 4), cells - 1: range(side - side // 4, side)}
+            in_corner = row in corner and col in corner and all(
+                r in corner[row] and c in corner[col] for r, c in peak)
+            assert in_corner == (cells == 2 or (row, col) in {(0, 0), (0, 2), (2, 0), (2, 2)})

@@ -131,11 +131,20 @@ def test_matrix_paired_tests_and_delong(settings, tiny_runs) -> None:
     assert {"forgetting", "site shift", "chain vs pooled"} <= set(shifts["reading"])
     noise = multisite.labeler_noise(settings)
     assert set(noise["labeler"]) == {"keyword", "negation-aware"} and noise["wrong labels"].between(0, 1).all()
-    images, maps, scores = multisite.site_gradcam(tiny_runs["CheXpert-Hospital-NET"],
-                                                  multisite.test_manifests(settings)["hospital"],
-                                                  settings.data_root, "hospital", "Cardiomegaly", 3)
-    assert images.shape == maps.shape and 0 < scores["images"] <= 3
-    assert 0 <= scores["peak inside (pointing game)"] <= 1 and 0 < scores["sign's share of the image"] < 1
+    scores, shown = multisite.site_localisation(tiny_runs["CheXpert-Hospital-NET"], multisite.test_manifests(settings),
+                                                settings.data_root, "Cardiomegaly", 3)
+    assert set(scores.index.get_level_values("map")) == {"CAM", "Grad-CAM"}
+    assert list(scores.index.unique("site")) == shown["sites"] and set(shown["sites"]) <= set(multisite.SITES)
+    assert scores["images"].between(1, 3).all() and scores["sign's share of the image"].between(0, 1).all()
+    assert scores["peak inside (pointing game)"].between(0, 1).all()
+    assert (scores.xs("CAM", level="map")["all-zero maps"] == 0).all()  # CAM is min-max scaled: never empty
+    side = shown["images"].shape[-1]
+    assert shown["images"].shape == shown["maps"]["CAM"].shape == (len(shown["sites"]), side, side)
+    assert all(mask.shape == (side, side) and mask.any() for mask in shown["masks"])
+    ranges, zero = multisite.localisation_reading(scores)
+    assert ranges.startswith("Cardiomegaly, CAM: ") and "Cardiomegaly, Grad-CAM: " in ranges
+    grad_zero = int(scores.xs("Grad-CAM", level="map")["all-zero maps"].sum())
+    assert (zero == "") == (grad_zero == 0) and (grad_zero == 0 or f"all zero on {grad_zero} of" in zero)
 
 
 def test_the_paired_tests_reproduce_paper_000s_p_values() -> None:

@@ -59,8 +59,11 @@ def _config(root: Path, batch: int, epochs: int) -> Path:
 
 
 def _environment(root: Path, runs: str) -> dict:
+    """The job's settings; TMPDIR inside the test's folder, where torchrun leaves its torchelastic_* log folders."""
+    temporary = root / "tmp"
+    temporary.mkdir(exist_ok=True)
     return {**os.environ, "CXR_PROFILE": "quick", "CXR_DATA_ROOT": str(root / "data"), "CXR_RUNS_DIR": str(root / runs),
-            "OMP_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1", "TMPDIR": str(temporary)}
 
 
 def _command(config: Path, processes: int) -> list[str]:

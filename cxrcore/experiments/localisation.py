@@ -28,10 +28,19 @@ def has_sign_masks(data_root: str | Path) -> bool:
 
 
 def drawn_sign_paths(data_root: str | Path, site: str, sign: str, paths: Iterable[str], limit: int) -> list[str]:
-    """The first `limit` of `paths` (in their order) with the sign drawn, from `_synth/<site>_signs.csv`."""
+    """The first `limit` of `paths` (in their order) whose film shows the sign: drawn by `_synth/<site>_signs.csv`
+    and with pixels in its mask. A drawn sign can leave none on a film (an effusion under about 0.15 severity keeps a
+    frontal film's costophrenic angle sharp, as a small effusion does; a later sign can cover a small one), and a
+    film with nothing to point at cannot score a map."""
     signs = pd.read_csv(Path(data_root) / SYNTH_DIR / f"{site}_signs.csv")
     drawn = set(signs.loc[(signs["sign"] == sign) & (signs["drawn"] == 1), "path"])
-    return [path for path in paths if path in drawn][:limit]
+    shown = []
+    for path in paths:
+        if len(shown) == limit:
+            break
+        if path in drawn and (np.asarray(Image.open(mask_file(data_root, path)).getchannel(0)) == SIGN_IDS[sign]).any():
+            shown.append(path)
+    return shown
 
 
 def mask_file(data_root: str | Path, path: str) -> Path:
@@ -90,26 +99,42 @@ def gradcam_maps(results: Mapping[str, Result], paths: Sequence[str], class_inde
     return shown, maps
 
 
-def cam_and_gradcam(result: Result, paths: Sequence[str], class_index: int
+def cam_and_gradcam(result: Result, paths: Sequence[str], class_index: int, manifest: str | Path | None = None
                     ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """One run's plain class activation map (Zhou et al.: the class's head weights times the last feature maps, as
-    paper 002 draws them) and its Grad-CAM of one class on the same test images, each (N, side, side) in [0, 1],
-    and the grey images as the run sees them ((N, side, side))."""
-    images = test_images(result, paths)
+    paper 002 draws them) and its Grad-CAM of one class on the same test images (of its own test split, or of
+    another manifest's), each (N, side, side) in [0, 1], and the grey images as the run sees them ((N, side, side))."""
+    images = test_images(result, paths, manifest)
     model = result.load_model()
     return images[:, 0], {"CAM": class_activation_map(model, images, class_index),
                           "Grad-CAM": gradcam(model, images, class_index)}
 
 
-def localisation_summary(table: pd.DataFrame, masks: Sequence[np.ndarray], region: str = "effusion") -> str:
+def pointing_game_caveat(cells: int) -> str:
+    """A sentence for maps too coarse for the pointing game (empty from 3 x 3 cells up): stretched bilinearly to the
+    image, a 2 x 2 map keeps its highest cell's value out to the image's edges, so its peak is always a corner block
+    of the image, wherever the sign is."""
+    if cells >= 3:
+        return ""
+    return (f"Stretched to the image, a {cells} x {cells} map is highest in a corner block of the image whatever the "
+            "model saw; signs seldom reach into the corners, so the pointing game (is the map's peak inside the "
+            "sign?) says nothing about the model at this size.")
+
+
+def localisation_summary(table: pd.DataFrame, masks: Sequence[np.ndarray], region: str = "effusion",
+                         cells: int | None = None) -> str:
     """What a `localisation_table` says, in sentences: the region's area, the arms' range of energy / area, the most
-    focused arm, and any all-zero maps."""
+    focused arm (with its pointing game, unless a map of `cells` x `cells` is too coarse for it), and any all-zero
+    maps."""
     ratio, zero, best = table["energy / area"], table["all-zero maps"], table["energy / area"].idxmax()
     area = float(np.mean([mask.mean() for mask in masks]))
+    caveat = "" if cells is None else pointing_game_caveat(cells)
+    peak = "" if caveat else f", peak inside on {table.loc[best, 'peak inside (pointing game)']:.0%} of the images"
     text = (f"Over {len(masks)} test images with a drawn {region}, the {region} covers {area:.1%} of the image on "
             f"average. The arms put between {ratio.min():.2f} and {ratio.max():.2f} times that share of their map's "
-            f"energy inside it; the highest share is {best}'s ({ratio[best]:.2f} times, peak inside on "
-            f"{table.loc[best, 'peak inside (pointing game)']:.0%} of the images).")
+            f"energy inside it; the highest share is {best}'s ({ratio[best]:.2f} times{peak}).")
+    if caveat:
+        text += " " + caveat
     if zero.any():
         text += (" All-zero maps (no positive evidence anywhere after the map's ReLU): "
                  + ", ".join(f"{name} ({n} of {len(masks)} images)" for name, n in zero[zero > 0].items())

@@ -26,15 +26,15 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 from sklearn.metrics import precision_recall_fscore_support
 
-from cxrcore.cam import gradcam
 from cxrcore.experiments import source_models
 from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import (
+    cam_and_gradcam,
     drawn_sign_paths,
     has_sign_masks,
-    localisation_row,
+    localisation_table,
+    sign_mask,
     sign_masks,
-    test_images,
 )
 from cxrcore.experiments.source_models import ARCHITECTURES
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, predictions_auroc_table, scored_findings
@@ -328,21 +328,56 @@ def labeler_noise(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def site_gradcam(result: Result, test_manifest: Path, data_root: Path, site: str, finding: str, n: int
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Grad-CAM of one finding on up to n of a site's test images with its sign drawn: the grey images and maps
-    ((n, side, side) each) and their scores against the drawn masks (`localisation.localisation_row`, and the
-    energy inside over the sign's share of the image)."""
-    sign = CHEXPERT_SIGNS[finding]
-    listed = evaluation_dataset(result, "test", test_manifest).manifest["path"].tolist()
-    paths = drawn_sign_paths(data_root, SITES[site], sign, listed, n)
-    if not paths:
-        raise ValueError(f"no test image of {site} has a drawn {sign} ({finding})")
-    images = test_images(result, paths, test_manifest)  # (n, C, side, side)
-    maps = gradcam(result.load_model(), images, result.config["run"]["findings"].index(finding))
-    scores = localisation_row(maps, sign_masks(data_root, paths, sign, images.shape[-1]), "sign")
-    ratio = scores["energy inside the sign"] / scores["sign's share of the image"]
-    return images[:, 0].numpy(), maps, {"images": len(paths), **scores, "energy / area": ratio}
+def site_localisation(result: Result, tests: Mapping[str, Path], data_root: Path, finding: str, n: int
+                      ) -> tuple[pd.DataFrame, dict]:
+    """CAM and Grad-CAM of one finding on up to n of each site's test images with its sign drawn. Returns the scores
+    against the drawn masks (one row per site and map: `localisation.localisation_table`, with the images scored)
+    and, for a figure, each site's first such image, its maps and its mask ({"sites", "images", "maps", "masks"});
+    sites with no such image are left out of both; images and each method's maps are (sites, side, side)."""
+    sign, index = CHEXPERT_SIGNS[finding], result.config["run"]["findings"].index(finding)
+    tables, shown = [], {"sites": [], "images": [], "maps": {}, "masks": []}
+    for site, manifest in tests.items():
+        listed = evaluation_dataset(result, "test", manifest).manifest["path"].tolist()
+        paths = drawn_sign_paths(data_root, SITES[site], sign, listed, n)
+        if not paths:
+            continue
+        grey, maps = cam_and_gradcam(result, paths, index, manifest)  # (N, side, side) each
+        table = localisation_table(maps, functools.partial(sign_masks, data_root, paths, sign), "sign")
+        tables.append(table.assign(finding=finding, site=site, images=len(paths)))
+        shown["sites"].append(site)
+        shown["images"].append(grey[0].numpy())
+        shown["masks"].append(sign_mask(data_root, paths[0], grey.shape[-1], sign))
+        for method, method_maps in maps.items():
+            shown["maps"].setdefault(method, []).append(method_maps[0])
+    if not tables:
+        raise ValueError(f"no test image of any site has a drawn {sign} ({finding})")
+    scores = pd.concat(tables).rename_axis("map").reset_index().set_index(["finding", "site", "map"])
+    shown["images"] = np.stack(shown["images"])  # (sites, side, side)
+    shown["maps"] = {method: np.stack(maps) for method, maps in shown["maps"].items()}
+    return scores, shown
+
+
+def localisation_reading(scores: pd.DataFrame) -> tuple[str, str]:
+    """What `site_localisation`'s scores say: each finding's and map's range of energy inside the sign over its
+    share of the image, across sites; and a sentence on the all-zero maps (empty when there are none)."""
+    ranges = []
+    for (finding, method), rows in scores.groupby(level=["finding", "map"], sort=False):
+        ratio = rows["energy / area"].dropna()
+        ranges.append(f"{finding}, {method}: " + (f"{ratio.min():.2f} to {ratio.max():.2f}" if len(ratio) else
+                                                  "every map all zero"))
+    zero = scores.xs("Grad-CAM", level="map")
+    zero_total, images = int(zero["all-zero maps"].sum()), int(zero["images"].sum())
+    if zero_total == 0:
+        return "; ".join(ranges), ""
+    per_finding = zero.groupby(level="finding", sort=False)[["all-zero maps", "images"]].sum()
+    where = ", ".join(f"{finding} {int(r['all-zero maps'])} of {int(r['images'])}" for finding, r in
+                      per_finding.iterrows())
+    return "; ".join(ranges), (
+        f"Grad-CAM, the map paper 000 drew, was all zero on {zero_total} of the {images} images ({where}). For a "
+        "linear output on average-pooled features Grad-CAM is the CAM with its negative part cut off, so a film on "
+        "which the model found evidence against the finding everywhere, less of it in some places than in others, "
+        "gets an empty map; the CAM, scaled per image, still shows where the evidence for the finding is highest, "
+        "which is why the figures show both.")
 
 
 def reported_matrix(reported: pd.DataFrame) -> pd.DataFrame:
