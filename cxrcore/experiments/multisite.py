@@ -373,7 +373,7 @@ def localisation_reading(scores: pd.DataFrame) -> tuple[str, str]:
     where = ", ".join(f"{finding} {int(r['all-zero maps'])} of {int(r['images'])}" for finding, r in
                       per_finding.iterrows())
     return "; ".join(ranges), (
-        f"Grad-CAM, the map paper 000 drew, was all zero on {zero_total} of the {images} images ({where}). For a "
+        f"Grad-CAM was all zero on {zero_total} of the {images} images ({where}). For a "
         "linear output on average-pooled features Grad-CAM is the CAM with its negative part cut off, so a film on "
         "which the model found evidence against the finding everywhere, less of it in some places than in others, "
         "gets an empty map; the CAM, scaled per image, still shows where the evidence for the finding is highest, "
