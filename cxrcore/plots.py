@@ -120,6 +120,8 @@ def images_per_patient(tables: Mapping[str, pd.DataFrame], ax: Axes | None = Non
         shares = sizes.value_counts(normalize=True).reindex(range(1, cap + 1), fill_value=0) * 100
         ax.plot(shares.index, shares.to_numpy(), marker="o", markersize=3, label=name)
     ax.set_yscale("log")
+    ticks = [1, *range(5, cap, 5), cap]
+    ax.set_xticks(ticks, [*map(str, ticks[:-1]), f"{cap}+"])  # whole images
     ax.set_title(title)
     ax.set_xlabel(f"images per patient (last point: {cap} or more)")
     ax.set_ylabel("share of patients (%)")
