@@ -38,7 +38,7 @@ def drawn_sign_paths(data_root: str | Path, site: str, sign: str, paths: Iterabl
     for path in paths:
         if len(shown) == limit:
             break
-        if path in drawn and (np.asarray(Image.open(mask_file(data_root, path)).getchannel(0)) == SIGN_IDS[sign]).any():
+        if path in drawn and (np.asarray(_sign_ids(data_root, path)) == SIGN_IDS[sign]).any():
             shown.append(path)
     return shown
 
@@ -48,9 +48,14 @@ def mask_file(data_root: str | Path, path: str) -> Path:
     return Path(data_root) / SYNTH_DIR / "masks" / Path(path).with_suffix(".png")
 
 
+def _sign_ids(data_root: str | Path, path: str) -> Image.Image:
+    """The mask PNG's red channel at its own size: the id of the sign drawn at each pixel (0: none)."""
+    return Image.open(mask_file(data_root, path)).getchannel(0)
+
+
 def sign_mask(data_root: str | Path, path: str, side: int, sign: str) -> np.ndarray:
     """Boolean (side, side) mask of the sign's drawn pixels, resized like the model's square input (nearest)."""
-    ids = Image.open(mask_file(data_root, path)).getchannel(0)
+    ids = _sign_ids(data_root, path)
     return np.asarray(ids.resize((side, side), Image.Resampling.NEAREST)) == SIGN_IDS[sign]
 
 
