@@ -62,8 +62,11 @@ STAMP       := _build/.installed$(subst /,_,$(BIN))-$(subst $(comma),-,$(EXTRAS)
 else
 STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 endif
-# jupyter-cache hashes only a notebook's code cells: key the cache on the library's code too
-CODE_HASH    = $$(find cxrcore data_prep -name '*.py' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
+# jupyter-cache hashes only a notebook's code cells: key the cache on the library's code and on the settings the
+# chapters read (profile, data, runs) too. Sphinx re-reads only the pages whose source changed, so a chapter left
+# untouched would keep its old outputs: its doctrees go as well
+BUILD_KEY    = $$({ find cxrcore data_prep -name '*.py' | LC_ALL=C sort | xargs cat; \
+                  echo "$(CXR_PROFILE) $(CXR_DATA_ROOT) $(CXR_RUNS_DIR)"; } | sha256sum | cut -c1-16)
 
 .PHONY: help venv vendor data runs book test lint notebooks-test chromium site-check lab weights clean
 
@@ -104,9 +107,10 @@ runs: venv data  ## train every chapter's runs not yet in the run cache, two at 
 	$(TIMED) runs $(BIN)/python -m cxrcore experiment all --jobs $(JOBS)
 
 book: venv vendor data runs  ## execute every chapter (profile from CXR_PROFILE) and build _build/html
-	@mkdir -p _build; if [ "$$(cat _build/.code-hash 2>/dev/null)" != "$(CODE_HASH)" ]; then \
-	  echo "cxrcore/data_prep changed: clearing the notebook execution cache"; rm -rf _build/.jupyter_cache; fi
-	@echo $(CODE_HASH) > _build/.code-hash
+	@mkdir -p _build; if [ "$$(cat _build/.build-key 2>/dev/null)" != "$(BUILD_KEY)" ]; then \
+	  echo "cxrcore/data_prep or the profile, data or runs changed: every chapter executes again"; \
+	  rm -rf _build/.jupyter_cache _build/.doctrees; fi
+	@echo $(BUILD_KEY) > _build/.build-key
 	$(TIMED) book-build $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
