@@ -103,3 +103,4 @@ def test_top_class_maps_name_each_images_highest_finding(settings, tiny_runs) ->
     scores = result.predictions.iloc[:4][[f"{f}_score" for f in paper003.FINDINGS]].to_numpy()
     assert table["top finding"].tolist() == [paper003.FINDINGS[k] for k in scores.argmax(axis=1)]
     assert not table["sign drawn"].any()  # the real layout's images have no drawn signs (the demo sites do)
+    assert table["all-zero map"].tolist() == [bool(m.max() == 0) for m in maps]

@@ -251,9 +251,10 @@ def clean_test_manifest(settings: Settings) -> Path:
 
 def top_class_maps(result: Result, data_root: Path, n: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Paper 003's figures: Grad-CAM of each of the first n test images' highest-scoring finding. Returns the grey
-    images and the maps ((n, side, side) each) and a table: the top finding, its score and label, and, where the
-    synthetic site drew that finding's sign on the image, the map's energy inside the sign against the sign's share
-    of the image and whether the map's peak falls inside it."""
+    images and the maps ((n, side, side) each) and a table: the top finding, its score and label, whether its map is
+    all zero (no evidence for it anywhere after Grad-CAM's ReLU), and, where the synthetic site drew that finding's
+    sign on the image, the map's energy inside the sign against the sign's share of the image and whether the map's
+    peak falls inside it."""
     predictions = result.predictions.iloc[:n]
     images = test_images(result, predictions["path"].tolist())
     maps, top = top_class_gradcam(result.load_model(), images)
@@ -265,7 +266,7 @@ def top_class_maps(result: Result, data_root: Path, n: int) -> tuple[np.ndarray,
         mask = sign_mask(data_root, row["path"], side, sign) if masks_here and sign in SIGN_IDS else None
         drawn = mask is not None and bool(mask.any())
         rows.append({"path": row["path"], "top finding": finding, "score": row[score_column(finding)],
-                     "label": row[finding], "sign drawn": drawn,
+                     "label": row[finding], "all-zero map": bool(maps[i].max() == 0), "sign drawn": drawn,
                      "energy inside the sign": energy_inside(maps[i], mask) if drawn else np.nan,
                      "sign's share of the image": float(mask.mean()) if drawn else np.nan,
                      "peak inside": pointing_game(maps[i], mask) if drawn else None})
