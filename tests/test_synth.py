@@ -289,3 +289,17 @@ def test_a_killed_run_resumes_to_the_same_tree(tmp_path: Path) -> None:
     (killed / "ChestX-ray14" / ".y.partial.png").write_bytes(b"half")
     subprocess.run([*command, "--out", str(killed), "--force"], capture_output=True, check=True)  # --force too
     assert _hashes(killed) == _hashes(straight)
+
+
+def test_gallery_shows_each_sign_where_its_mask_has_it(tree: Path) -> None:
+    from data_prep.synth.gallery import gallery, sign_examples
+
+    for (site, view), path in sign_examples(tree, "effusion").items():
+        images = pd.read_csv(tree / "_synth" / f"{site}_images.csv").set_index("path")
+        assert images.loc[path, "view"] == view
+        assert (np.asarray(Image.open(tree / images.loc[path, "mask"]))[..., 0] == SIGN_IDS["effusion"]).any(), path
+    figure = gallery(tree, ["effusion", "cardiomegaly"])
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert "nih\nlateral" not in titles and "chexpert\nlateral" in titles  # ChestX-ray14 has no lateral films
+    assert len(figure.axes) == 2 * (1 + len(titles))
+    figure.clf()

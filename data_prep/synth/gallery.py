@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -33,40 +34,33 @@ def sign_examples(data_root: str | Path, sign: str) -> dict[tuple[str, str], str
 
 
 def show(ax: plt.Axes, data_root: str | Path, path: str, sign: str) -> None:
-    """An image with the mask of where the sign was drawn outlined in colour."""
+    """An image with the outline of where the sign was drawn, so the sign itself stays visible."""
     root = Path(data_root)
     image = np.asarray(Image.open(root / path).convert("L"))
     mask = np.asarray(Image.open(root / "_synth" / "masks" / Path(path).with_suffix(".png")))[..., 0] == SIGN_IDS[sign]
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-    ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.35)
+    ax.contour(mask, levels=[0.5], colors="#ff3b30", linewidths=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def gallery(data_root: str | Path, signs: list[str] | None = None) -> Figure:
-    """Rows = signs (with their description), columns = site x view; missing combinations left blank."""
+    """Rows = signs (with their description), columns = the site x view pairs that show any of them."""
     signs = signs or [s for s in SIGN_IDS if s != "hypoinflation"]
-    columns = [(site, view) for site in SITES for view in ("frontal", "lateral")]
-    figure, axes = plt.subplots(len(signs), len(columns), figsize=(1.7 * len(columns), 1.9 * len(signs)), squeeze=False)
+    examples = {sign: sign_examples(data_root, sign) for sign in signs}
+    columns = [(site, view) for site in SITES for view in ("frontal", "lateral")
+               if any((site, view) in found for found in examples.values())]  # ChestX-ray14 has no laterals
+    figure, axes = plt.subplots(len(signs), 1 + len(columns), figsize=(2.6 + 1.75 * len(columns), 1.95 * len(signs)),
+                                width_ratios=[1.5] + [1] * len(columns), squeeze=False, layout="constrained")
     for r, sign in enumerate(signs):
-        examples = sign_examples(data_root, sign)
-        for c, key in enumerate(columns):
-            ax = axes[r, c]
-            if key in examples:
-                show(ax, data_root, examples[key], sign)
+        axes[r, 0].axis("off")
+        axes[r, 0].text(1.0, 0.5, f"{sign.replace('_', ' ')}\n" + textwrap.fill(SIGN_TEXT[sign], 30),
+                        transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        for c, key in enumerate(columns, start=1):
+            if key in examples[sign]:
+                show(axes[r, c], data_root, examples[sign][key], sign)
             else:
-                ax.axis("off")
+                axes[r, c].axis("off")
             if r == 0:
-                ax.set_title(f"{key[0]}\n{key[1]}", fontsize=8)
-        axes[r, 0].text(
-            -0.08,
-            0.5,
-            f"{sign}\n{SIGN_TEXT[sign]}",
-            transform=axes[r, 0].transAxes,
-            ha="right",
-            va="center",
-            fontsize=7,
-            wrap=True,
-        )
-    figure.subplots_adjust(left=0.3, wspace=0.05, hspace=0.15)
+                axes[r, c].set_title(f"{key[0]}\n{key[1]}", fontsize=9)
     return figure
