@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 _CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+FEATURE_STRIDE = 32  # input pixels per cell of the pooled feature maps: five stride-2 stages in every backbone
 
 
 class FindingTarget:
@@ -82,6 +83,11 @@ class _WithFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.features)
+
+
+def feature_grid(image_size: int, *, large: bool = False) -> int:
+    """Cells per side of the last feature maps, the CAM grid, for an input side that is a multiple of the stride."""
+    return image_size // (FEATURE_STRIDE * (2 if large else 1))  # "-large" adds one more stride-2 pooling
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:

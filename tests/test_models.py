@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from cxrcore.cam import feature_grid
 from cxrcore.models import (
     backbone_and_head,
     build_model,
@@ -97,6 +98,14 @@ def test_large_adds_one_max_pool(arch):
     assert _feature_map_side(small, 64) == 2 * _feature_map_side(large, 64)
     # "-large" at twice the input side gives the same feature-map size as the small model (paper 001)
     assert _feature_map_side(large, 128) == _feature_map_side(small, 64)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "densenet121", "vgg16"])
+@pytest.mark.parametrize("large", [False, True])
+def test_feature_grid_is_the_cam_layers_side(arch, large):
+    model = build_model(arch, K, channels=1, large=large)
+    assert [_feature_map_side(model, size) for size in (128, 192)] == [feature_grid(size, large=large)
+                                                                      for size in (128, 192)]
 
 
 def test_meta_features_are_used_and_required():

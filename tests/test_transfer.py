@@ -154,6 +154,10 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
     assert health["score spread (mean sd over findings)"] > 0  # a trained network's scores differ between images
     assert 0 <= health["silent channels of the last layer"] <= 1
     assert health["training loss, last epoch"] == upstream.history["loss"].iloc[-1]
+    found = source_models.score_drivers(upstream, source_models.SOURCE_FINDINGS, n_boot=20)
+    assert -1 <= found["findings ranking alike (mean Spearman)"] <= 1 and -1 <= found["Spearman with brightness"] <= 1
+    valid = [found[key] for key in ("validation low", "validation mean AUROC", "validation high")]
+    assert valid == sorted(valid) or np.isnan(valid).all()  # NaN: too few validation positives in so small a site
     results, arms = transfer.by_label({(model.name, "off-the-shelf"): ots, (model.name, "fine-tuned"): ft})
     assert list(results) == ["ResNet-50 OTS", "ResNet-50 FT"] and arms["ResNet-50 FT"] == (model, "fine-tuned")
     costs = transfer.cost_table(results, arms, len(transfer.TARGET_FINDINGS))
@@ -163,6 +167,28 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
     shown, maps = localisation.gradcam_maps(results, paths, class_index=0)
     side = ft.config["preset"]["image_size"]
     assert shown.shape == (3, side, side) and {m.shape for m in maps.values()} == {(3, side, side)}
+
+
+def test_image_statistics_and_what_one_number_follows() -> None:
+    flat, checkers = torch.full((1, 1, 8, 8), 0.5), (torch.arange(8)[:, None] + torch.arange(8)).remainder(2)
+    images = torch.cat([flat, checkers[None, None].float()])
+    assert source_models.image_statistics(images).to_dict("list") == {"brightness": [0.5, 0.5],
+                                                                      "edge content": [0.0, 2.0]}
+    dimming = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(1, 0.1, 40)[
+        :, None, None, None]
+    stats = source_models.image_statistics(dimming)
+    one_number = pd.DataFrame({finding: -stats["brightness"] * k for k, finding in enumerate("abc", 1)})
+    found = source_models.drivers(one_number, stats)
+    assert found["findings ranking alike (mean Spearman)"] == pytest.approx(1)
+    assert found["Spearman with brightness"] == pytest.approx(-1)
+    independent = pd.DataFrame(np.random.default_rng(0).random((40, 3)), columns=list("abc"))
+    assert abs(source_models.drivers(independent, stats)["findings ranking alike (mean Spearman)"]) < 0.3
+    chance = pd.concat([found, pd.Series({"validation mean AUROC": 0.54, "validation low": 0.45,
+                                          "validation high": 0.62})])
+    assert "not knowledge turned around" in source_models.backwards_reading("M", chance)
+    assert "brightness (Spearman -1.00)" in source_models.backwards_reading("M", chance)
+    backwards = chance.replace({0.54: 0.40, 0.45: 0.35, 0.62: 0.45})
+    assert "below 0.5 too" in source_models.backwards_reading("M", backwards)
 
 
 def test_off_the_shelf_summary_counts_the_differences_it_loses() -> None:

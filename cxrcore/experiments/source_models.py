@@ -9,15 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, result_row
+from cxrcore.experiments.tables import (
+    RESULT_COLUMNS,
+    bootstrap_draws,
+    predictions_auroc_table,
+    result_row,
+    scored_findings,
+)
 from cxrcore.findings import NIH_HARMONIZED
 from cxrcore.manifest import write_derived_manifest
 from cxrcore.metrics import score_column
 from cxrcore.models import build_model, target_layer
-from cxrcore.runner import Result, evaluation_dataset, run
+from cxrcore.runner import Result, evaluation_dataset, predict_split, run
 from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import assign_splits, read_nih
 
@@ -126,3 +134,57 @@ def health_table(results: dict[str, Result], findings: list[str]) -> pd.DataFram
                                 "silent channels of the last layer": silent_channels(result),
                                 "training loss, last epoch": result.history["loss"].iloc[-1]}
                          for name, result in results.items()}).T
+
+
+def image_statistics(images: torch.Tensor) -> pd.DataFrame:
+    """Per image (N, C, h, w) as a network reads it: mean intensity, and edge content (mean absolute difference
+    between neighbouring pixels, across and down)."""
+    pixels = images.float().mean(dim=1)  # (N, h, w)
+    edges = pixels.diff(dim=1).abs().mean(dim=(1, 2)) + pixels.diff(dim=2).abs().mean(dim=(1, 2))
+    return pd.DataFrame({"brightness": pixels.mean(dim=(1, 2)).numpy(), "edge content": edges.numpy()})
+
+
+def drivers(scores: pd.DataFrame, images: pd.DataFrame) -> pd.Series:
+    """What one model's scores (one column per finding) follow: how alike its findings rank the images (mean
+    Spearman over pairs of findings), and the Spearman of its mean rank with each image statistic (rows aligned)."""
+    pairs = scores.corr("spearman").to_numpy()[np.triu_indices(scores.shape[1], 1)]  # NaN where a column is constant
+    ranks = scores.rank().mean(axis=1).to_numpy()
+    return pd.Series({"findings ranking alike (mean Spearman)": float(np.nanmean(pairs)),
+                      **{f"Spearman with {name}": float(stats.spearmanr(ranks, images[name])[0]) for name in images}})
+
+
+def score_drivers(result: Result, findings: list[str], n_boot: int, images: int = 512) -> pd.Series:
+    """`drivers` of a finished model over its first `images` test images, read as it read them, and its mean
+    AUROC on its validation films: does a model that ranks the test films backwards do so on other films too?"""
+    dataset = evaluation_dataset(result, "test")
+    items = [dataset[i] for i in range(min(images, len(dataset)))]
+    table = result.predictions.set_index("path").loc[[item["path"] for item in items]]
+    found = drivers(table[[score_column(f) for f in findings]],
+                    image_statistics(torch.stack([item["image"] for item in items])))
+    valid = predict_split(result, "valid")
+    mean = (predictions_auroc_table(valid, findings, n_boot).loc["Mean"] if scored_findings(valid, findings)
+            else pd.Series({"auroc": np.nan, "low": np.nan, "high": np.nan}))  # too few validation positives
+    return pd.concat([found, pd.Series({"validation mean AUROC": mean["auroc"], "validation low": mean["low"],
+                                        "validation high": mean["high"]})])
+
+
+def backwards_reading(name: str, found: pd.Series) -> str:
+    """What the chapter says of a model whose test interval lies below 0.5, from its `score_drivers`."""
+    alike = found["findings ranking alike (mean Spearman)"]
+    statistic = found[["Spearman with brightness", "Spearman with edge content"]].abs().idxmax()
+    follows = f"the film's {statistic.removeprefix('Spearman with ')} (Spearman {found[statistic]:+.2f})"
+    if alike > 0.95:
+        what = (f"{name} gives every film one number: its outputs rank the test films alike (mean Spearman between "
+                f"findings {alike:.3f}), and that number follows {follows}.")
+    else:
+        what = (f"{name}'s outputs rank the test films partly alike (mean Spearman between findings {alike:.2f}); "
+                f"their mean rank follows {follows}.")
+    if np.isnan(found["validation mean AUROC"]):
+        return f"{what} Its validation films hold too few positives to tell whether it ranks other films backwards."
+    valid = (f"On its validation films the same model scores {found['validation mean AUROC']:.3f} "
+             f"({found['validation low']:.3f}-{found['validation high']:.3f})")
+    if found["validation high"] < 0.5:
+        return f"{what} {valid}, below 0.5 too: it has learned something that runs against the findings."
+    return (f"{what} {valid}, not below 0.5: whether such scores put the films with a finding above or below the "
+            "others depends on which films a set holds, so its backwards ranking of the test films is not knowledge "
+            "turned around.")
