@@ -68,7 +68,8 @@ endif
 BUILD_KEY    = $$({ find cxrcore data_prep -name '*.py' | LC_ALL=C sort | xargs cat; \
                   echo "$(CXR_PROFILE) $(CXR_DATA_ROOT) $(CXR_RUNS_DIR)"; } | sha256sum | cut -c1-16)
 
-.PHONY: help venv vendor data runs book test lint notebooks-test chromium site-check lab weights clean
+.PHONY: help venv vendor data runs book test lint notebooks-test notebooks-real-layout chromium site-check lab weights \
+        clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -120,17 +121,36 @@ lint: venv  ## ruff over the code and the chapters
 # nbmake executes a copy of the book's sources in _tested/ (the committed notebooks keep no outputs; nbmake skips
 # any path with _build in it) and keeps their outputs;
 # the test build renders that copy without executing the chapters a second time
-notebooks-test: venv vendor data runs  ## execute every chapter with nbmake (TEST_PROFILE), then build the site from them
-	@echo "executing the chapters in the $(CXR_PROFILE) profile"
-	@rm -rf $(TESTED) && mkdir -p $(TESTED) && cp -r _toc.yml book $(TESTED)/ && ln -s $(CURDIR)/_vendor $(TESTED)/_vendor
-	@sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(TESTED)/_config.yml
+# $(1): the folder the chapters are copied to, executed in (nbmake keeps their outputs) and built from; $(2): the
+# settings the chapters read (profile, data root, runs folder); $(3): a suffix for the stage names
+define test-chapters
+	@rm -rf $(1) && mkdir -p $(1) && cp -r _toc.yml book $(1)/ && ln -s $(CURDIR)/_vendor $(1)/_vendor
+	@sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(1)/_config.yml
 	@# a kernel can intermittently leave an execute request unanswered (jupyter_client issue 922): a cell waits at most
 	@# 300 s (every chapter cell reads cached runs and takes well under a minute) and a failed chapter runs once more
-	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) nbmake $(BIN)/pytest --nbmake --overwrite --nbmake-timeout=300 --reruns 1 \
-	  -p no:cacheprovider --durations=0 -n $(JOBS) $(TESTED)/book
-	$(TIMED) book-build $(BIN)/jupyter-book build $(TESTED) --warningiserror --nitpick --keep-going
+	$(2) OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) nbmake$(3) $(BIN)/pytest --nbmake --overwrite --nbmake-timeout=300 \
+	  --reruns 1 -p no:cacheprovider --durations=0 -n $(JOBS) $(1)/book
+	$(TIMED) book-build$(3) $(BIN)/jupyter-book build $(1) --warningiserror --nitpick --keep-going
+endef
+
+notebooks-test: venv vendor data runs  ## execute every chapter with nbmake (TEST_PROFILE), then build the site from them
+	@echo "executing the chapters in the $(CXR_PROFILE) profile"
+	$(call test-chapters,$(TESTED))
 	@echo "The tested book is at file://$(CURDIR)/$(TESTED)/_build/html/index.html"
 	@$(MAKE) --no-print-directory site-check SITE=$(TESTED)/_build/html
+
+# the full profile's code paths without the downloads: the chapters on a copy of the demo data as the real downloads
+# hold it (no drawn-sign tables, no masks, no counterfactual films), with runs of their own
+REAL_ROOT     := $(CURDIR)/data/demo-real-layout
+REAL_RUNS     := $(CURDIR)/runs-real-layout
+TESTED_REAL   := _tested-real-layout
+REAL_SETTINGS  = CXR_DATA_ROOT=$(REAL_ROOT) CXR_RUNS_DIR=$(REAL_RUNS)
+
+notebooks-real-layout: venv vendor data  ## every chapter on the demo data without its synthetic ground truth
+	@echo "executing the chapters in the $(CXR_PROFILE) profile on $(REAL_ROOT): the real datasets' files only"
+	$(TIMED) real-layout-data $(BIN)/python -m data_prep real-layout --demo $(CXR_DATA_ROOT) --out $(REAL_ROOT) --force
+	$(REAL_SETTINGS) $(TIMED) real-layout-runs $(BIN)/python -m cxrcore experiment all --jobs $(JOBS)
+	$(call test-chapters,$(TESTED_REAL),$(REAL_SETTINGS),-real-layout)
 
 SITE ?= _build/html
 
@@ -143,12 +163,13 @@ chromium:  ## install Debian's Chromium for the site check when it is missing (a
 site-check: venv chromium  ## open every page of the built site (SITE=_build/html) in headless Chromium and check it
 	$(TIMED) site-check $(BIN)/python tests/site_check.py $(SITE)
 
-test notebooks-test: CXR_PROFILE := $(TEST_PROFILE)
+test notebooks-test notebooks-real-layout: CXR_PROFILE := $(TEST_PROFILE)
 
 test: venv vendor data lint chromium  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
 	@df -h $(CURDIR) $${TMPDIR:-/tmp} | sed 's/^/disk: /'  # a full disk fails tests in odd places: say how full
 	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) pytest $(BIN)/pytest -n $(JOBS) --dist loadfile --durations=15
 	@$(MAKE) --no-print-directory notebooks-test
+	@$(MAKE) --no-print-directory notebooks-real-layout
 
 # JupyterLab refuses to start as root (the default user in Docker images and on rented GPU machines) without this
 ALLOW_ROOT   = $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -164,4 +185,4 @@ weights: venv  ## download the ImageNet weights of the chapters' models into the
 	$(TIMED) weights $(BIN)/python -m cxrcore weights fetch
 
 clean:  ## remove the build, the runs cache and the demo data (keeps .venv)
-	rm -rf _build _tested runs data/demo
+	rm -rf _build _tested _tested-real-layout runs runs-real-layout data/demo data/demo-real-layout

@@ -13,6 +13,8 @@ COMMANDS = {
     "eval-labeler": ("data_prep.labeler_eval", "score the report labelers on the real Indiana University reports"),
     "dicom": ("data_prep.dicom", "convert DICOM radiographs to 8-bit PNG"),
     "synth": ("data_prep.synth", "write the synthetic demo sites in the real datasets' layouts"),
+    "real-layout": ("data_prep.synth.real_layout",
+                    "copy a demo tree as the real downloads hold it, without its synthetic ground truth"),
     "difficulty": ("data_prep.synth.difficulty",
                    "how hard the demo data is: held-out AUROC of an independent tiny CNN and thumbnail LR"),
 }

@@ -253,6 +253,11 @@ def test_counterfactual_without_the_drain_changes_only_the_pixels_around_it(tmp_
         assert (before[..., 1] == masks[..., 1]).all()  # the same anatomy
         kept = before[..., 0] != SIGN_IDS["drain"]
         assert (before[..., 0][kept] == masks[..., 0][kept]).all() and not (masks[..., 0] == SIGN_IDS["drain"]).any()
+    from data_prep.synth.real_layout import write_real_layout
+
+    write_real_layout(root, tmp_path / "real")
+    assert (tmp_path / "real" / pairs["path"].iloc[0]).is_file()
+    assert not any((tmp_path / "real" / name).exists() for name in pairs["counterfactual"])  # no real film has a twin
     for bad in ("remove=unicorn", "add=drain"):
         with pytest.raises(ValueError, match="remove=SIGN"):
             check_arguments(_args(tmp_path / "x", "--counterfactual", bad))
@@ -303,3 +308,36 @@ def test_gallery_shows_each_sign_where_its_mask_has_it(tree: Path) -> None:
     assert "nih\nlateral" not in titles and "chexpert\nlateral" in titles  # ChestX-ray14 has no lateral films
     assert len(figure.axes) == 2 * (1 + len(titles))
     figure.clf()
+
+
+def test_real_layout_copy_holds_the_datasets_files_and_no_ground_truth(tree: Path, tmp_path: Path, capsys) -> None:
+    from cxrcore.experiments.localisation import has_sign_masks
+    from data_prep.manifests import read_chexpert, read_hospital, read_nih
+    from data_prep.synth.real_layout import add_arguments as real_arguments
+    from data_prep.synth.real_layout import main as real_main
+
+    def real_layout(*options: str) -> int:
+        parser = argparse.ArgumentParser()
+        real_arguments(parser)
+        return real_main(parser.parse_args(["--demo", str(tree), "--out", str(out), *options]))
+
+    out = tmp_path / "real"
+    assert real_layout() == 0
+    copied = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    images = pd.concat([pd.read_csv(tree / "_synth" / f"{site}_images.csv") for site in ("chexpert", "nih",
+                                                                                        "hospital")])
+    assert set(images["path"]) <= copied and not any(name.startswith(("_synth", "synth_meta", ".")) for name in copied)
+    assert not has_sign_masks(out)
+    for reader in (read_chexpert, read_nih, read_hospital):  # the same tables through the same readers
+        pd.testing.assert_frame_equal(reader(out), reader(tree))
+    assert real_layout() == 2 and "pass --force" in capsys.readouterr().err
+    (out / "notes.txt").write_text("a user's file")
+    assert real_layout("--force") == 2 and "notes.txt" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    assert real_layout("--force") == 0
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == copied
+    out = tmp_path / "from-nothing"
+    tree_without_marker = tmp_path / "unfinished"
+    tree_without_marker.mkdir()
+    assert real_main(argparse.Namespace(demo=tree_without_marker, out=out, force=False)) == 2
+    assert "not a finished demo tree" in capsys.readouterr().err
