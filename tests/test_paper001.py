@@ -171,6 +171,7 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     inside = energy.filter(like="energy inside").astype(float)
     assert (inside.isna() | ((inside >= 0) & (inside <= 1))).all().all()
     assert (energy["films"] == len(paths)).all() and (energy["all-zero maps"] <= len(paths)).all()
+    assert energy["all-zero Grad-CAM maps"].between(0, len(paths)).all()
 
 
 def test_the_cure_reading_claims_only_what_the_test_set_detects() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrcore.cam import class_activation_map
+from cxrcore.cam import class_activation_map, gradcam
 from cxrcore.experiments import paper001
 from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
@@ -253,18 +253,19 @@ def map_paths(result: Result, drains: set[str], limit: int = MAX_MAP_IMAGES) -> 
 
 def cam_energy(finished: dict[str, Result], settings: Settings, paths: list[str]) -> pd.DataFrame:
     """Per model: the share of its pneumothorax class activation map's energy inside the drain and inside the
-    pneumothorax, on positives with a drain, each beside the region's share of the image, and how many maps were
-    flat (all zero).
+    pneumothorax, on positives with a drain, each beside the region's share of the image, how many maps were flat
+    (all zero), and how many of the same films' Grad-CAM maps were.
 
     The map is CAM (Zhou et al.), each scaled to [0, 1]: with a linear head after global average pooling Grad-CAM is
     the same map divided by its area, clipped at zero; a model whose pneumothorax score is low puts negative evidence
     everywhere, where Grad-CAM's clip leaves nothing to read and CAM still ranks the positions."""
     rows = {}
     for name, result in finished.items():
-        images = test_images(result, paths)
-        maps = class_activation_map(result.load_model(), images, paper001.FINDINGS.index(FINDING))
+        images, model, finding = test_images(result, paths), result.load_model(), paper001.FINDINGS.index(FINDING)
+        maps = class_activation_map(model, images, finding)
         side = maps.shape[-1]
-        row = {"films": len(paths)}
+        flat_gradcam = gradcam(model, images, finding).max(axis=(1, 2)) <= 0  # (N,): no positive evidence anywhere
+        row = {"films": len(paths), "all-zero Grad-CAM maps": int(flat_gradcam.sum())}
         for sign in (SIGN, "pneumothorax"):
             scores = localisation_row(maps, sign_masks(settings.data_root, paths, sign, side), sign)
             row[f"energy inside the {sign}"] = scores[f"energy inside the {sign}"]
