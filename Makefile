@@ -165,7 +165,7 @@ site-check: venv chromium  ## open every page of the built site (SITE=_build/htm
 
 test notebooks-test notebooks-real-layout: CXR_PROFILE := $(TEST_PROFILE)
 
-test: venv vendor data lint chromium  ## set up, then unit tests, every chapter under nbmake, and a warning-free book build
+test: venv vendor data lint chromium  ## set up, unit tests, every chapter under nbmake and a warning-free build, on the demo data and its real-layout copy
 	@df -h $(CURDIR) $${TMPDIR:-/tmp} | sed 's/^/disk: /'  # a full disk fails tests in odd places: say how full
 	OMP_NUM_THREADS=$(THREADS_PER_JOB) $(TIMED) pytest $(BIN)/pytest -n $(JOBS) --dist loadfile --durations=15
 	@$(MAKE) --no-print-directory notebooks-test
