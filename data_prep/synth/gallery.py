@@ -12,9 +12,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from data_prep.synth.signs import SIGN_IDS, SIGN_TEXT
-from data_prep.synth.write import SITE_DIRS
+from data_prep.synth.write import SITE_DIRS, mask_path
 
 SITES = tuple(SITE_DIRS)
+
+
+def sign_pixels(root: Path, path: str, sign: str) -> np.ndarray:
+    """Where an image's mask records the sign: (H, W) bool from the sign ids in the mask's red channel."""
+    return np.asarray(Image.open(root / mask_path(path)))[..., 0] == SIGN_IDS[sign]
 
 
 def sign_examples(data_root: str | Path, sign: str) -> dict[tuple[str, str], str]:
@@ -27,7 +32,7 @@ def sign_examples(data_root: str | Path, sign: str) -> dict[tuple[str, str], str
         candidates = images[images["path"].isin(signs.loc[signs["sign"] == sign, "path"])]
         for view in ("frontal", "lateral"):
             for _, row in candidates[candidates["view"] == view].iterrows():
-                if (np.asarray(Image.open(root / row["mask"]))[..., 0] == SIGN_IDS[sign]).any():
+                if sign_pixels(root, row["path"], sign).any():
                     found[(site, view)] = row["path"]
                     break
     return found
@@ -37,7 +42,7 @@ def show(ax: plt.Axes, data_root: str | Path, path: str, sign: str) -> None:
     """An image with the outline of where the sign was drawn, so the sign itself stays visible."""
     root = Path(data_root)
     image = np.asarray(Image.open(root / path).convert("L"))
-    mask = np.asarray(Image.open(root / "_synth" / "masks" / Path(path).with_suffix(".png")))[..., 0] == SIGN_IDS[sign]
+    mask = sign_pixels(root, path, sign)
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     ax.contour(mask, levels=[0.5], colors="#ff3b30", linewidths=0.8)
     ax.set_xticks([])
