@@ -3,8 +3,6 @@ global batch: the sampler shards each global batch, DDP averages the gradients, 
 validation set and saves."""
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -53,23 +51,23 @@ def _train(batch_size: int, checkpoint_dir: str, epochs: int = 2) -> nn.Module:
     return model
 
 
-def _worker(rank: int, port: int, checkpoint_dir: str, epochs: int = 2) -> None:
+def _worker(rank: int, rendezvous: str, checkpoint_dir: str, epochs: int = 2) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # a file rendezvous, not a TCP port: a port found free can be taken by a parallel test before rank 0 binds it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     try:
         _train(GLOBAL_BATCH // WORLD, checkpoint_dir, epochs)
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path, name: str) -> str:
+    """A fresh rendezvous file for one process group (file:// init needs one that no earlier group used)."""
+    return str(tmp_path / f"rendezvous-{name}")
 
 
 def test_two_processes_match_one(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "ddp")), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_rendezvous(tmp_path, "run"), str(tmp_path / "ddp")), nprocs=WORLD, join=True)
     single = _train(GLOBAL_BATCH, str(tmp_path / "single"))
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     one = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
@@ -86,9 +84,9 @@ def test_two_processes_resume_from_their_checkpoint(tmp_path):
     """A DDP run stopped after epoch 1 and started again (a killed job's restart) ends where an uninterrupted run ends:
     rank 0's checkpoint holds the weights, optimizer, scheduler and history every rank resumes from."""
     folder = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(_free_port(), folder, 1), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_rendezvous(tmp_path, "first"), folder, 1), nprocs=WORLD, join=True)
     assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["epoch"] == 1
-    mp.spawn(_worker, args=(_free_port(), folder, 2), nprocs=WORLD, join=True)  # resumes at epoch 2
+    mp.spawn(_worker, args=(_rendezvous(tmp_path, "second"), folder, 2), nprocs=WORLD, join=True)  # resumes at epoch 2
     resumed = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     _train(GLOBAL_BATCH, str(tmp_path / "single"), 2)
     straight = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
