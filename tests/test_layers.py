@@ -78,3 +78,10 @@ def test_drawing_arrows_point_down() -> None:
     drawing = mermaid(ROOT)
     assert drawing.startswith("flowchart TD") and "UPWARD" not in drawing
     assert all(f"L{layer}[" in drawing for layer in range(5))
+
+
+def test_the_readmes_drawing_is_the_trees() -> None:
+    """README's layer drawing is what `python -m cxrcore.layers` prints for this tree (paste it there when it fails)."""
+    readme = (ROOT / "README.md").read_text()
+    drawn = readme.split("```mermaid\n", 1)[1].split("\n```", 1)[0]
+    assert drawn == mermaid(ROOT).rstrip("\n"), "README.md's drawing is stale: paste `python -m cxrcore.layers` there"

@@ -1,0 +1,122 @@
+"""Subgroup AUROC: a run's test films split by the film's projection, the patient's sex or age band; each subgroup's
+mean AUROC and the gap between two subgroups, with 95 % intervals from one patient bootstrap.
+
+One draw resamples the patients of the whole test split, and every subgroup is scored on its films in that draw: a
+patient with AP and PA films is drawn into both subgroups at once, so the gap's interval carries what the two
+subgroups share. Within one split (projection, sex or age band) every subgroup is averaged over the same findings:
+those with at least `MIN_POSITIVES` positives in each of its known subgroups.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from cxrcore.experiments.tables import MIN_POSITIVES
+from cxrcore.metrics import resample_patients, score_column
+
+UNKNOWN = "unknown"
+AGE_BANDS = ("under 40", "40-59", "60 and over")
+AGE_EDGES = (0.0, 40.0, 60.0, np.inf)
+SUBGROUPS = {"projection": ("PA", "AP"), "sex": ("M", "F"), "age band": AGE_BANDS}  # the known values, in order
+COMPARISONS = (("projection", "AP", "PA"), ("sex", "F", "M"), ("age band", "60 and over", "under 40"))
+TABLE_COLUMNS = ["split", "subgroup", "label", "images", "patients", "findings", "mean_auroc", "ci_low", "ci_high"]
+GAP_COLUMNS = ["split", "comparison", "findings", "gap", "ci_low", "ci_high"]
+
+
+def subgroup_columns(predictions: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Each predicted film's projection, sex and age band from the manifest row of its path ("unknown" where the
+    manifest does not know); raises naming the films the manifest lacks."""
+    rows = manifest.drop_duplicates("path").set_index("path").reindex(predictions["path"])
+    missing = rows["projection"].isna().to_numpy()
+    if missing.any():
+        paths = predictions["path"][missing].tolist()
+        raise ValueError(f"{len(paths)} predicted films are not in the manifest, first {paths[:5]}")
+    bands = pd.cut(rows["age"], bins=list(AGE_EDGES), right=False, labels=list(AGE_BANDS))
+    known = {"projection": rows["projection"], "sex": rows["sex"], "age band": bands.astype(object)}
+    return pd.DataFrame({split: column.where(column.isin(SUBGROUPS[split]), UNKNOWN).to_numpy()
+                         for split, column in known.items()}, index=predictions.index)
+
+
+def split_findings(predictions: pd.DataFrame, members: pd.Series, findings: Sequence[str]) -> list[str]:
+    """The findings with at least MIN_POSITIVES positives in every known subgroup of one split."""
+    known = [value for value in members.unique() if value != UNKNOWN]
+    return [f for f in findings
+            if all(int((predictions.loc[members == value, f] == 1).sum()) >= MIN_POSITIVES for value in known)]
+
+
+def _mean_auroc(labels: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> float:
+    """Mean over the findings (columns) of the AUROC on `rows`, each over its counted labels; NaN if none is defined."""
+    values = []
+    for k in range(labels.shape[1]):
+        y, s = labels[rows, k], scores[rows, k]
+        counted = ~np.isnan(y)
+        if np.unique(y[counted]).size == 2:
+            values.append(roc_auc_score(y[counted], s[counted]))
+    return float(np.mean(values)) if values else np.nan
+
+
+def _interval(draws: np.ndarray) -> tuple[float, float]:
+    """The 95 % percentile interval of the defined draws (NaN if none is defined)."""
+    defined = draws[~np.isnan(draws)]
+    return tuple(np.percentile(defined, [2.5, 97.5])) if defined.size else (np.nan, np.nan)
+
+
+def subgroup_aurocs(predictions: pd.DataFrame, manifest: pd.DataFrame, findings: Sequence[str], n_boot: int,
+                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per subgroup: images, patients, findings averaged, mean AUROC and interval; one row per comparison of
+    COMPARISONS: the gap between its two subgroups' mean AUROCs and its interval), from one patient bootstrap."""
+    members = subgroup_columns(predictions, manifest)
+    patients = predictions["patient_id"].to_numpy()
+    groups = [(split, value) for split in SUBGROUPS for value in [*SUBGROUPS[split], UNKNOWN]
+              if (members[split] == value).any()]
+    used = {split: split_findings(predictions, members[split], findings) for split in SUBGROUPS}
+    labels = {split: predictions[used[split]].to_numpy(dtype=float) for split in SUBGROUPS}
+    scores = {split: predictions[[score_column(f) for f in used[split]]].to_numpy(dtype=float) for split in SUBGROUPS}
+    inside = {(split, value): (members[split] == value).to_numpy() for split, value in groups}
+
+    def means(rows: np.ndarray) -> dict:
+        return {(s, v): _mean_auroc(labels[s], scores[s], rows[inside[s, v][rows]]) for s, v in groups}
+
+    point = means(np.arange(len(predictions)))
+    rng = np.random.default_rng(seed)
+    draws = [means(resample_patients(patients, rng)) for _ in range(n_boot)]
+    rows = []
+    for s, v in groups:
+        images = int(inside[s, v].sum())
+        low, high = _interval(np.array([d[s, v] for d in draws]))
+        rows.append({"split": s, "subgroup": v, "label": f"{s}: {v} ({images:,} films)", "images": images,
+                     "patients": int(pd.unique(patients[inside[s, v]]).size), "findings": len(used[s]),
+                     "mean_auroc": point[s, v], "ci_low": low, "ci_high": high})
+    gaps = []
+    for s, a, b in COMPARISONS:
+        low, high = _interval(np.array([d.get((s, a), np.nan) - d.get((s, b), np.nan) for d in draws]))
+        gaps.append({"split": s, "comparison": f"{a} - {b}", "findings": len(used[s]),
+                     "gap": point.get((s, a), np.nan) - point.get((s, b), np.nan), "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), pd.DataFrame(gaps, columns=GAP_COLUMNS)
+
+
+def gap_reading(gaps: pd.DataFrame, patients: int) -> str:
+    """Sentences on which gaps' intervals exclude zero, how wide the intervals are, and, where none excludes it, about
+    how many test patients the largest gap would need (interval widths shrink with the square root of the patients)."""
+    measured = gaps[gaps["gap"].notna() & gaps["ci_low"].notna()]
+    if measured.empty:
+        return (f"No split has a finding with at least {MIN_POSITIVES} positives in each of its subgroups on these "
+                f"{patients:,} test patients, so no gap is measured.")
+    widths = measured["ci_high"] - measured["ci_low"]
+    width = f"{widths.min():.2f} to {widths.max():.2f} wide"
+    clear = measured[(measured["ci_low"] > 0) | (measured["ci_high"] < 0)]
+    if not clear.empty:
+        named = "; ".join(f"{row.comparison} ({'below' if row.ci_high < 0 else 'above'} zero)"
+                          for row in clear.itertuples())
+        return f"The interval excludes zero for {named}: a gap this test split can see. The intervals are {width}."
+    largest = measured.loc[measured["gap"].abs().idxmax()]
+    half_width = (largest["ci_high"] - largest["ci_low"]) / 2
+    needed = patients * (half_width / abs(largest["gap"])) ** 2 if largest["gap"] != 0 else np.inf
+    return (f"No gap's interval excludes zero: on {patients:,} test patients the intervals are {width}, so this test "
+            "split cannot tell these subgroups apart, which is not the same as showing that they are served alike. "
+            f"Were the largest gap, {largest['comparison']} ({largest['gap']:+.3f}), the true one, its interval would "
+            f"exclude zero at about {needed:,.0f} test patients (interval widths shrink with the square root of the "
+            "patients).")
