@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from layouts import nih_reference
+from sklearn.metrics import roc_auc_score
 
 from cxrcore.experiments.subgroups import (
     MIN_POSITIVES,
@@ -50,6 +51,10 @@ def test_a_model_worse_on_ap_films_shows_a_gap_below_zero_and_none_by_sex(films)
     by_group = table.set_index(["split", "subgroup"])
     assert by_group.loc[("projection", "AP"), "mean_auroc"] < by_group.loc[("projection", "PA"), "ci_low"]
     assert by_group.loc[("projection", "AP"), "images"] == ap.sum()
+    pa = ~ap & (manifest["projection"] == "PA").to_numpy()
+    scored = _scored(predictions, np.where(ap, 2.0, 0.5))
+    expected = np.mean([roc_auc_score(scored.loc[pa, f], scored.loc[pa, score_column(f)]) for f in FINDINGS])
+    assert by_group.loc[("projection", "PA"), "mean_auroc"] == pytest.approx(expected, abs=1e-12)  # sklearn's AUROC
     assert table["label"][0] == f"projection: PA ({(~ap).sum():,} films)"
     assert by_group.loc[("sex", "F"), "patients"] == manifest.loc[manifest["sex"] == "F", "patient_id"].nunique()
     # patients with AP and PA films count in both subgroups: one bootstrap draws them into both at once
