@@ -146,8 +146,9 @@ def auroc_per_class(
     return pd.Series(values, index=class_names, name="auroc", dtype=float)
 
 
-class _WeightedAUC:
-    """AUROC of one class under per-image integer weights (= AUROC of the data with rows repeated), O(N) per call."""
+class WeightedAUROC:
+    """AUROC of one class under per-image integer weights (= AUROC of the data with rows repeated), O(N) per call:
+    a patient bootstrap's draw is the weights `np.bincount(resample_patients(groups, rng), minlength=N)`."""
 
     def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
         self.positive = labels.astype(float)
@@ -201,7 +202,7 @@ def bootstrap_auroc_ci(
     if not 0 < alpha < 1 or n_boot < 1:
         raise ValueError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={alpha}, n_boot={n_boot}")
     point = auroc_per_class(labels, scores, counted, class_names).to_numpy()
-    aucs = [_WeightedAUC(labels[counted[:, k], k], scores[counted[:, k], k]) for k in range(len(class_names))]
+    aucs = [WeightedAUROC(labels[counted[:, k], k], scores[counted[:, k], k]) for k in range(len(class_names))]
     rng = np.random.default_rng(seed)
     draws = np.full((n_boot, len(class_names)), np.nan)
     for b in range(n_boot):
@@ -252,8 +253,8 @@ def bootstrap_mean_difference(
         defined = auroc_per_class(labels, scores_a, counted, names).notna().to_numpy()
     if not defined.any():
         raise ValueError("no class has both positive and negative labels: the AUROC difference is undefined")
-    pairs = [(_WeightedAUC(labels[counted[:, k], k], scores_a[counted[:, k], k]),
-              _WeightedAUC(labels[counted[:, k], k], scores_b[counted[:, k], k])) for k in np.flatnonzero(defined)]
+    pairs = [(WeightedAUROC(labels[counted[:, k], k], scores_a[counted[:, k], k]),
+              WeightedAUROC(labels[counted[:, k], k], scores_b[counted[:, k], k])) for k in np.flatnonzero(defined)]
     columns = [counted[:, k] for k in np.flatnonzero(defined)]
 
     def mean_difference(weights: np.ndarray) -> float:

@@ -97,6 +97,16 @@ def test_bootstrap_draw_equals_auroc_of_the_repeated_rows(scored):
             assert table["high"].iloc[k] == pytest.approx(expected, abs=1e-12)
 
 
+def test_weighted_auroc_is_the_auroc_of_the_repeated_rows() -> None:
+    rng = np.random.default_rng(3)
+    labels, scores = rng.integers(0, 2, 60).astype(float), rng.integers(0, 8, 60) / 8  # ties
+    auroc = metrics.WeightedAUROC(labels, scores)
+    weights = rng.integers(0, 3, 60)
+    rows = np.repeat(np.arange(60), weights)
+    assert auroc(weights.astype(float)) == pytest.approx(pairwise_auroc(labels[rows], scores[rows]), abs=1e-12)
+    assert np.isnan(auroc(np.where(labels == 1, 1.0, 0.0)))  # no negative drawn: undefined
+
+
 def test_bootstrap_ci_contains_estimate_and_widens_for_a_many_image_patient():
     # One patient with 60 positive, confidently scored images; ten patients with a single image each.
     rng = np.random.default_rng(0)

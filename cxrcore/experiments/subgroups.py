@@ -12,10 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
 from cxrcore.experiments.tables import MIN_POSITIVES
-from cxrcore.metrics import resample_patients, score_column
+from cxrcore.metrics import WeightedAUROC, resample_patients, score_column
 
 UNKNOWN = "unknown"
 AGE_BANDS = ("under 40", "40-59", "60 and over")
@@ -47,18 +46,24 @@ def split_findings(predictions: pd.DataFrame, members: pd.Series, findings: Sequ
             if all(int((predictions.loc[members == value, f] == 1).sum()) >= MIN_POSITIVES for value in known)]
 
 
-def _mean_auroc(labels: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> float:
-    """Mean over the findings (columns) of the AUROC on `rows`, each over its counted labels; NaN if none is defined."""
-    values = []
+FindingAUROCs = list[tuple[np.ndarray, WeightedAUROC]]  # per finding: (the films it counts, their weighted AUROC)
+
+
+def _subgroup_aurocs(labels: np.ndarray, scores: np.ndarray, inside: np.ndarray) -> FindingAUROCs:
+    """One weighted AUROC per finding (column) over the subgroup's films with a counted label, if it has both values."""
+    aurocs = []
     for k in range(labels.shape[1]):
-        y, s = labels[rows, k], scores[rows, k]
-        counted = ~np.isnan(y)
-        positive, negative = s[counted & (y == 1)], s[counted & (y == 0)]
-        if positive.size and negative.size:
-            # AUROC = U / (positives x negatives): roc_auc_score's value (ties count one half), a quarter of its time
-            u = mannwhitneyu(positive, negative, method="asymptotic").statistic
-            values.append(u / (positive.size * negative.size))
-    return float(np.mean(values)) if values else np.nan
+        rows = inside & ~np.isnan(labels[:, k])
+        if np.unique(labels[rows, k]).size == 2:
+            aurocs.append((rows, WeightedAUROC(labels[rows, k], scores[rows, k])))
+    return aurocs
+
+
+def _mean(aurocs: FindingAUROCs, weights: np.ndarray) -> float:
+    """Mean over the findings of the AUROC under the films' bootstrap weights (NaN if no finding is defined)."""
+    values = [auroc(weights[rows]) for rows, auroc in aurocs]
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else np.nan
 
 
 def _interval(draws: np.ndarray) -> tuple[float, float]:
@@ -78,14 +83,16 @@ def subgroup_aurocs(predictions: pd.DataFrame, manifest: pd.DataFrame, findings:
     used = {split: split_findings(predictions, members[split], findings) for split in SUBGROUPS}
     labels = {split: predictions[used[split]].to_numpy(dtype=float) for split in SUBGROUPS}
     scores = {split: predictions[[score_column(f) for f in used[split]]].to_numpy(dtype=float) for split in SUBGROUPS}
-    inside = {(split, value): (members[split] == value).to_numpy() for split, value in groups}
+    inside = {(s, v): (members[s] == v).to_numpy() for s, v in groups}
+    aurocs = {(s, v): _subgroup_aurocs(labels[s], scores[s], inside[s, v]) for s, v in groups}
 
-    def means(rows: np.ndarray) -> dict:
-        return {(s, v): _mean_auroc(labels[s], scores[s], rows[inside[s, v][rows]]) for s, v in groups}
+    def means(weights: np.ndarray) -> dict:
+        return {group: _mean(aurocs[group], weights) for group in groups}
 
-    point = means(np.arange(len(predictions)))
+    point = means(np.ones(len(predictions)))
     rng = np.random.default_rng(seed)
-    draws = [means(resample_patients(patients, rng)) for _ in range(n_boot)]
+    draws = [means(np.bincount(resample_patients(patients, rng), minlength=len(predictions)).astype(float))
+             for _ in range(n_boot)]
     rows = []
     for s, v in groups:
         images = int(inside[s, v].sum())
