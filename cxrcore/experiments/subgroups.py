@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrcore.experiments.tables import MIN_POSITIVES
+from cxrcore.experiments.tables import MIN_POSITIVES, scored_findings
 from cxrcore.metrics import WeightedAUROC, resample_patients, score_column
 
 UNKNOWN = "unknown"
@@ -41,9 +41,9 @@ def subgroup_columns(predictions: pd.DataFrame, manifest: pd.DataFrame) -> pd.Da
 
 def split_findings(predictions: pd.DataFrame, members: pd.Series, findings: Sequence[str]) -> list[str]:
     """The findings with at least MIN_POSITIVES positives in every known subgroup of one split."""
-    known = [value for value in members.unique() if value != UNKNOWN]
-    return [f for f in findings
-            if all(int((predictions.loc[members == value, f] == 1).sum()) >= MIN_POSITIVES for value in known)]
+    scored = [set(scored_findings(predictions[(members == value).to_numpy()], findings))
+              for value in members.unique() if value != UNKNOWN]
+    return [f for f in findings if all(f in each for each in scored)]
 
 
 FindingAUROCs = list[tuple[np.ndarray, WeightedAUROC]]  # per finding: (the films it counts, their weighted AUROC)
