@@ -191,6 +191,22 @@ def mean_intervals(table: pd.DataFrame, ax: Axes | None = None, *, title: str, l
     return ax
 
 
+def reliability_diagram(curves: Mapping[str, pd.DataFrame], ax: Axes | None = None, *, title: str) -> Axes:
+    """Each curve's share positive against its mean score per score bin (marker area by the bin's labels), beside the
+    diagonal a calibrated model would follow; curves: name -> frame with mean score, share positive, labels."""
+    ax = _axes(ax, (5.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for (name, curve), marker in zip(curves.items(), "os^vD", strict=False):
+        line, = ax.plot(curve["mean score"], curve["share positive"], label=name)
+        ax.scatter(curve["mean score"], curve["share positive"], s=4 * np.sqrt(curve["labels"]), marker=marker,
+                   color=line.get_color(), alpha=0.7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean score in the bin", ylabel="share of the bin's labels positive",
+           title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return ax
+
+
 HISTORY_LABELS = {"loss": "training loss", "val_loss": "validation loss", "mean_auroc": "validation mean AUROC"}
 
 

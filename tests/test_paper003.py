@@ -96,6 +96,25 @@ def test_f1_report_follows_paper_003s_tables(tiny_runs) -> None:
     assert 0 <= row["subset_accuracy"] <= 1
 
 
+def test_calibration_reads_the_test_films_labels_and_scores(tiny_runs) -> None:
+    """Per finding: the share positive, the mean score and the Brier score of the run's own test predictions; the
+    reliability curve pools every known label into sklearn's bins and counts them all."""
+    result = tiny_runs[("leak", "correct protocol")]
+    table = paper003.calibration_table(result)
+    predictions = result.predictions
+    for finding, row in table.iterrows():
+        known = predictions[finding].notna()
+        labels, scores = predictions.loc[known, finding], predictions.loc[known, f"{finding}_score"]
+        assert row["test prevalence"] == pytest.approx(labels.mean())
+        assert row["mean score"] == pytest.approx(scores.mean())
+        assert row["Brier score"] == pytest.approx(((scores - labels) ** 2).mean())
+    one_valued = [f for f in paper003.FINDINGS if predictions[f].dropna().nunique() < 2]
+    assert sorted(table.index) == sorted(set(paper003.FINDINGS) - set(one_valued))  # AUROC's rule: both values
+    curve = paper003.reliability_curve(result)
+    assert curve["labels"].sum() == predictions[paper003.FINDINGS].notna().sum().sum()
+    assert curve["mean score"].is_monotonic_increasing and curve["share positive"].between(0, 1).all()
+
+
 def test_top_class_maps_name_each_images_highest_finding(settings, tiny_runs) -> None:
     result = tiny_runs[("leak", "correct protocol")]
     images, maps, table = paper003.top_class_maps(result, settings.data_root, 4)

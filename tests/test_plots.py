@@ -5,7 +5,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from cxrcore.plots import cam_grid, mean_intervals
+from cxrcore.plots import cam_grid, mean_intervals, reliability_diagram
 
 matplotlib.use("Agg")
 
@@ -33,4 +33,17 @@ def test_mean_intervals_draws_each_row_with_its_interval_and_markers() -> None:
     assert [tuple(np.round(seg[:, 0], 2)) for seg in segments] == [(0.65, 0.75), (0.5, 0.7)]
     np.testing.assert_allclose(ax.collections[-1].get_offsets()[:, 0], [0.72, 0.61])
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["per image, 95 % CI", "per study"]
+    matplotlib.pyplot.close(ax.figure)
+
+
+def test_reliability_diagram_draws_each_curve_beside_the_diagonal() -> None:
+    curve = pd.DataFrame({"mean score": [0.1, 0.5, 0.9], "share positive": [0.05, 0.3, 0.6], "labels": [100, 25, 4]})
+    ax = reliability_diagram({"plain": curve, "weighted": curve.assign(**{"share positive": [0.0, 0.1, 0.2]})},
+                             title="reliability")
+    diagonal, plain, weighted = ax.get_lines()
+    assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]
+    np.testing.assert_allclose(np.asarray(plain.get_ydata(), dtype=float), [0.05, 0.3, 0.6])
+    np.testing.assert_allclose(np.asarray(weighted.get_ydata(), dtype=float), [0.0, 0.1, 0.2])
+    np.testing.assert_allclose(ax.collections[0].get_sizes(), [40, 20, 8])  # marker area by the bin's labels
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["calibrated", "plain", "weighted"]
     matplotlib.pyplot.close(ax.figure)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss
 
 from cxrcore.cam import energy_inside, pointing_game, top_class_gradcam
 from cxrcore.experiments import source_models, transfer
@@ -190,6 +192,31 @@ def validation_cuts(result: Result) -> pd.Series:
         warnings.simplefilter("ignore", UserWarning)  # a finding without a validation positive: no threshold
         cuts = thresholds(valid[FINDINGS], _scores(valid), "f1", names=FINDINGS)
     return cuts.fillna(0.5)
+
+
+def calibration_table(result: Result) -> pd.DataFrame:
+    """Per finding with both label values among the test films: the share positive, the mean score and the Brier
+    score (sklearn): whether a run's scores can be read as probabilities, which AUROC and F1 never ask."""
+    rows = {}
+    for finding in FINDINGS:
+        known = result.predictions[finding].notna().to_numpy()
+        labels = result.predictions[finding].to_numpy()[known]
+        scores = result.predictions[score_column(finding)].to_numpy()[known]
+        if np.unique(labels).size == 2:
+            rows[finding] = {"test prevalence": labels.mean(), "mean score": scores.mean(),
+                             "Brier score": brier_score_loss(labels, scores)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def reliability_curve(result: Result, bins: int = 10) -> pd.DataFrame:
+    """The test films' known labels of every finding pooled, in `bins` equal-width score bins: each bin's mean score,
+    share positive and label count (sklearn's `calibration_curve`, with the counts it leaves out)."""
+    truth = result.predictions[FINDINGS].to_numpy()
+    known = ~np.isnan(truth)
+    labels, scores = truth[known], _scores(result.predictions)[known]
+    share, mean_score = calibration_curve(labels, scores, n_bins=bins, strategy="uniform")
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], scores), minlength=bins)  # sklearn's bins
+    return pd.DataFrame({"mean score": mean_score, "share positive": share, "labels": counts[counts > 0]})
 
 
 def parameter_counts() -> pd.DataFrame:
