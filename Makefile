@@ -35,7 +35,7 @@ EXTRAS      ?= book,test
 CXR_PROFILE   ?= quick
 # `make test` executes every chapter in the smoke profile: the quick profile's runs, each on an eighth of its training
 # images for at most one epoch, so the test suite checks every chapter end to end in minutes while `make book`
-# trains the quick book (~35 min on two cores, measured 2026-11-26); TEST_PROFILE=quick tests the quick book itself
+# trains the quick book (README gives the measured time); TEST_PROFILE=quick tests the quick book itself
 TEST_PROFILE  ?= smoke
 # the demo sites `make data` writes: DEMO=quick (3,000 images per site at 128 px, data/demo) or DEMO=gpu (10,000 per
 # site at 320 px, data/demo-gpu: for a GPU without the real downloads; the default with CXR_PROFILE=gpu); an
@@ -102,7 +102,7 @@ $(CXR_DATA_ROOT)/.complete: | $(STAMP)
 	$(TIMED) demo-data $(BIN)/python -m data_prep synth --out $(CXR_DATA_ROOT) --counterfactual remove=drain \
 		$(DEMO_ARGS_$(DEMO)) --resume
 
-data: $(CXR_DATA_ROOT)/.complete  ## make the embedded demo data if missing (DEMO=gpu: the GPU-sized sites)
+data: $(CXR_DATA_ROOT)/.complete  ## generate the demo data if missing (DEMO=gpu: the GPU-sized sites)
 
 runs: venv data  ## train every chapter's runs not yet in the run cache, two at a time (the chapters read them)
 	$(TIMED) runs $(BIN)/python -m cxrcore experiment all --jobs $(JOBS)

@@ -2,8 +2,10 @@
 
 Paper 000 (Bajwa et al., section 3.1.1) labels a report positive for a class when any of the class's Table 1
 keywords is present, with no negation or uncertainty detection; "No Finding" is a class like the others, found
-by its own keywords ('normal study', ...). `label_reports(texts)` reproduces that exactly: the report is
-lower-cased, runs of white space become one space, and each keyword is searched as a plain substring.
+by its own keywords ('normal study', ...). `label_reports(texts)` implements Table 1 as printed: the report is
+lower-cased, runs of white space become one space, and each keyword is searched as a plain substring. Table 1 as
+printed does not label the effusions of the paper's own Table 2 sample reports ('moderate right pleural effusion',
+'pleural effusions'), so the labeler the paper ran was broader than its table (the data chapter shows this).
 
 `label_reports(texts, negation=True)` keeps the same keywords but reads each match in its sentence:
 - negated when a pre-negation trigger (PRE_NEGATION) precedes it within its scope, or a post-negation trigger
@@ -11,6 +13,9 @@ lower-cased, runs of white space become one space, and each keyword is searched 
 - uncertain when an uncertainty trigger (PRE_UNCERTAINTY / POST_UNCERTAINTY) does so instead;
 - a scope ends at the sentence end, at a terminator (SCOPE_TERMINATORS: 'but', 'however', ';', ...) and after
   SCOPE_WORDS words (NegEx's window); a pseudo-trigger ('no change', 'not only', ...) is not a negation.
+  Known limits of this simple scope: 'and' and commas do not end it ('No pneumothorax and a small right pleural
+  effusion' negates the effusion), and a normal phrase that carries its own 'no' can fall in an earlier
+  negation's scope ('no focal consolidation, no acute cardiopulmonary disease').
 A class is 1 when any of its matches is positive, or uncertain and `uncertain_as=1` (the default: U-Ones, the
 policy paper 000 chose to match its labeler). "No Finding" is 1 when one of its keywords is matched un-negated
 and none of the four diseases is labeled 1 (the paper: "denotes the absence of the diseased classes").

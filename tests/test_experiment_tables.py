@@ -11,13 +11,17 @@ from sklearn.metrics import roc_auc_score
 
 from cxrcore.experiments.tables import (
     above_chance,
+    all_positive_f1,
     best_by_finding,
+    bootstrap_cells,
+    called_positive,
     delong_cells,
     f1_by_arm,
     gradient_steps,
     interval,
     mean_rows,
     pairwise_delong,
+    patient_bootstrap_pairs,
     recipe_table,
     significant_differences,
     threshold_tables,
@@ -146,8 +150,14 @@ def test_recipe_table_puts_each_paper_beside_this_run(tmp_path) -> None:
     paper000 = table.xs("paper000", axis=1, level=0).droplevel(0, axis=1)
     assert paper000.loc["image_size"].tolist() == ["320", "64"] and paper000.loc["epochs"].tolist() == ["30", "8"]
     assert paper000.loc["lr"].tolist() == ["0.001", "0.001"]  # the quick profile keeps the paper's rate
-    assert paper000.loc["training images"].tolist() == ["2,000 (all)", "100 or 600"]
-    assert table.xs("paper003", axis=1, level=0).loc["training images"].tolist() == ["2,000 (all)", "2,000"]
+    assert paper000.loc["training images"].tolist() == ["n/a", "100 or 600"]  # not the site's count as the paper's
+    paper003 = table.xs("paper003", axis=1, level=0).droplevel(0, axis=1)
+    assert paper003.loc["training images"].tolist() == ["n/a", "2,000 (all)"]
+    assert paper003.loc["lr"].tolist() == ["0.0001", "0.0001"]  # reported by paper 003
+    assert paper003.loc["epochs", "reported"] == "not reported (ours: 10)"  # Preset.chosen: not the paper's
+    assert paper003.loc["batch_size", "reported"] == "not reported (ours: 32)"
+    given = recipe_table(configs, 2_000, {"paper000": "about 190,000"}).xs("paper000", axis=1, level=0)
+    assert given.loc["training images"].tolist() == ["about 190,000", "100 or 600"]
     smoke = recipe_table([{**configs[0], "profile": "smoke"}], 2_000).droplevel([0, 1], axis=1)  # an eighth, 1 epoch
     assert smoke.loc[["epochs", "training images"], "this run"].tolist() == ["1", "75"]
 
@@ -170,6 +180,44 @@ def test_significant_differences_name_the_better_arm(arms) -> None:
     assert "good > random on Cardiomegaly (q = " in text  # A is written first, with the sign of A - B
     assert len(text.split("; ")) == int((delong["q (BH)"] < 0.05).sum())
     assert significant_differences(delong, q=0.0) == "none"
+
+
+def test_patient_bootstrap_pairs_resample_patients_and_control_the_fdr(arms) -> None:
+    truth, scores = arms
+    delong = pairwise_delong(truth, scores, {"m": ["good", "noisy", "random"]}, FINDINGS)
+    patients = np.repeat(np.arange(20), 3)  # three films per patient
+    table = patient_bootstrap_pairs(delong, truth, scores, patients, n_boot=400)
+    assert list(table.columns[-4:]) == ["boot low", "boot high", "p (patient bootstrap)", "q (patient BH)"]
+    assert table[["A", "B", "finding", "A - B", "p"]].equals(delong[["A", "B", "finding", "A - B", "p"]])
+    assert ((table["boot low"] <= table["A - B"]) & (table["A - B"] <= table["boot high"])).all()
+    good_random = table[(table["A"] == "good") & (table["B"] == "random")]
+    assert (good_random["p (patient bootstrap)"] == 2 / 401).all()  # no draw on the wrong side of zero
+    assert (table["p (patient bootstrap)"].between(2 / 401, 1)).all()
+    assert (table["q (patient BH)"] >= table["p (patient bootstrap)"]).all()
+    copies = np.repeat(np.arange(20), 3)  # each patient's three films alike: 20 films' worth of evidence, not 60
+    same = truth.iloc[copies].reset_index(drop=True)
+    same_scores = {name: table_.iloc[copies].reset_index(drop=True) for name, table_ in scores.items()}
+    widths = {name: patient_bootstrap_pairs(pairwise_delong(same, same_scores, {"m": ["noisy", "random"]}, FINDINGS),
+                                            same, same_scores, ids, n_boot=400).eval("`boot high` - `boot low`").mean()
+              for name, ids in {"patients": copies, "films": np.arange(60)}.items()}
+    assert widths["patients"] > 1.3 * widths["films"]  # films counted as independent understate the uncertainty
+    assert "good > random on Cardiomegaly" in significant_differences(table, column="q (patient BH)")
+    cells = bootstrap_cells(table)
+    assert cells.loc["good vs random", "Cardiomegaly"].startswith(f"{good_random['A - B'].iloc[0]:+.3f} (")
+
+
+def test_all_positive_floor_and_what_each_arm_calls_positive() -> None:
+    truth = pd.DataFrame({"Cardiomegaly": [0.0, 0.0, 0.0, 1.0], "Edema": [1.0, np.nan, 0.0, 1.0]})
+    floor = all_positive_f1(truth, FINDINGS)
+    assert floor["Cardiomegaly"] == pytest.approx(2 * 0.25 / 1.25) and floor["Edema"] == pytest.approx(0.8)
+    everything = predictions_of({"Cardiomegaly": [1.0] * 4, "Edema": [1.0] * 4})
+    called = threshold_tables(truth, {"all": everything}, FINDINGS, 0.5)["all"]
+    assert called["f1"].tolist() == pytest.approx(floor.tolist())  # the floor is what calling all positive scores
+    low = predictions_of({"Cardiomegaly": [0.1, 0.2, 0.3, 0.4], "Edema": [0.9, 0.9, 0.1, 0.2]})
+    counts = called_positive(truth, {"all": everything, "low": low}, FINDINGS, 0.5)
+    assert counts.loc["all"].tolist() == [4, 3] and counts.loc["low"].tolist() == [0, 1]  # NaN labels not counted
+    tuned = called_positive(truth, {"low": low}, FINDINGS, {"low": pd.Series({"Cardiomegaly": 0.25, "Edema": 0.15})})
+    assert tuned.loc["low"].tolist() == [2, 2]
 
 
 def test_best_by_finding_names_the_winner_and_its_lead() -> None:

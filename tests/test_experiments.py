@@ -28,7 +28,7 @@ def test_every_registered_experiment_defines_stages_and_results() -> None:
 def test_experiment_command_prints_the_chapter_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "data"
-    write_chexpert(root, n_train_patients=12)
+    write_chexpert(root, n_train_patients=30)  # enough certain test positives to score (leakage scores no -1)
     runs = tmp_path / "runs"
     for name, value in {"CXR_PROFILE": "quick", "CXR_DATA_ROOT": str(root), "CXR_RUNS_DIR": str(runs)}.items():
         monkeypatch.setenv(name, value)
@@ -54,14 +54,3 @@ def test_leakage_counts_test_images_with_a_sibling_in_training(tmp_path: Path) -
     test = image_wise[image_wise["split"] == "test"]
     expected = test["real_patient"].isin(image_wise.loc[image_wise["split"] == "train", "real_patient"]).mean()
     assert leakage.sibling_share(image_wise) == expected
-
-
-def row(auroc: float, low: float, high: float) -> pd.Series:
-    """A mean AUROC row with its interval."""
-    return pd.Series({"auroc": auroc, "low": low, "high": high})
-
-
-def test_leakage_verdict_reads_the_intervals() -> None:
-    assert "overlap:" in leakage.verdict(row(0.70, 0.65, 0.75), row(0.72, 0.68, 0.77))
-    assert leakage.verdict(row(0.60, 0.55, 0.65), row(0.80, 0.75, 0.85)).endswith("estimate is higher.")
-    assert leakage.verdict(row(0.80, 0.75, 0.85), row(0.60, 0.55, 0.65)).endswith("estimate is lower.")

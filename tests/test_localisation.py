@@ -14,10 +14,14 @@ from cxrcore import cam as cam_module
 from cxrcore.experiments.localisation import (
     drawn_sign_paths,
     has_sign_masks,
+    highest_reading,
+    localisation_row,
     localisation_summary,
     localisation_table,
     mask_file,
+    per_image,
     pointing_game_caveat,
+    ratio_difference,
     sign_mask,
     sign_masks,
 )
@@ -85,25 +89,59 @@ def test_localisation_table_scores_maps_at_their_own_side() -> None:
     assert sorted(calls) == [4, 8]  # one call per side
     assert list(table.index) == ["inside", "flat", "mixed"]
     assert list(table.columns) == ["energy inside the effusion", "effusion's share of the image",
-                                   "peak inside (pointing game)", "all-zero maps", "energy / area"]
+                                   "peak inside (pointing game)", "all-zero maps", "energy / area", "energy / area low",
+                                   "energy / area high", "minus the highest", "minus the highest low",
+                                   "minus the highest high"]
     assert table["energy inside the effusion"].tolist() == pytest.approx([1.0, 0.25, 0.25])
     assert table["effusion's share of the image"].tolist() == pytest.approx([0.25, 0.25, 0.25])
     assert table["energy / area"].tolist() == pytest.approx([4.0, 1.0, 1.0])
+    assert table[["energy / area low", "energy / area high"]].loc["inside"].tolist() == pytest.approx([4.0, 4.0])
+    assert table[["energy / area low", "energy / area high"]].loc["mixed"].isna().all()  # one image scored
     assert table["peak inside (pointing game)"].tolist() == pytest.approx([1.0, 0.0, 0.0])
     assert table["all-zero maps"].tolist() == [0, 0, 1] and table["all-zero maps"].dtype == int
+    assert table.loc["flat", ["minus the highest", "minus the highest low", "minus the highest high"]].tolist() == \
+        pytest.approx([-3.0, -3.0, -3.0])
+    assert table.loc[["inside", "mixed"], "minus the highest low"].isna().all()  # itself; one common image
     zero = localisation_table({"zero": np.zeros((2, 4, 4))}, masks_for_side, region="drain")
     assert np.isnan(zero.loc["zero", "energy inside the drain"]) and zero.loc["zero", "all-zero maps"] == 2
     summary = localisation_summary(table, masks_for_side(4))
     assert summary.startswith("Over 2 test images with a drawn effusion, the effusion covers 25.0% of the image on "
                               "average. The arms put between 1.00 and 4.00 times that share of their map's energy "
-                              "inside it; the highest share is inside's (4.00 times, peak inside on 100% of the "
-                              "images).")
+                              "inside it (1 is a map that ignores it). The highest, inside's (4.00 times, peak inside "
+                              "on 100% of the images), is above flat beyond the paired 95 % interval of the "
+                              "difference, but not set apart from mixed (1.00)")
+    assert "The 95 % intervals (images resampled) of flat include 1, chance." in summary
     assert summary.endswith("All-zero maps (no positive evidence anywhere after the map's ReLU): mixed (1 of 2 "
-                            "images); those maps do not count in the energy column.")
+                            "images); those images count in neither that arm's energy nor its area.")
     assert "all-zero" not in localisation_summary(table.drop("mixed"), masks_for_side(4))
+    assert "above every other arm's" in localisation_summary(localisation_table(
+        {"inside": inside, "flat": flat}, masks_for_side), masks_for_side(4))
     coarse = localisation_summary(table, masks_for_side(4), cells=2)
     assert "peak inside on" not in coarse and pointing_game_caveat(2) in coarse
     assert "peak inside on 100%" in localisation_summary(table, masks_for_side(4), cells=7)
+
+
+def test_energy_and_area_share_their_images_and_near_equal_arms_name_no_winner() -> None:
+    """An all-zero map leaves its image out of both the energy and the area (B 1.8); two arms whose ratios differ by
+    noise are not ranked."""
+    small, large = np.zeros((4, 4), dtype=bool), np.zeros((4, 4), dtype=bool)
+    small[0, 0], large[:2, :] = True, True  # 1/16 and 1/2 of the image
+    maps = np.zeros((2, 4, 4))
+    maps[0] = 1.0  # flat on the small mask's image, all zero on the large one's
+    row = localisation_row(maps, [small, large])
+    assert row["effusion's share of the image"] == pytest.approx(1 / 16) and row["energy / area"] == pytest.approx(1)
+    energy, area = per_image(maps, [small, large])
+    assert np.isnan(energy[1]) and area.tolist() == pytest.approx([1 / 16, 1 / 2])
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((8, 8), dtype=bool) for _ in range(30)]
+    for mask in masks:
+        mask[4:, :4] = True
+    noisy = {name: rng.random((30, 8, 8)) for name in ("fine-tuned", "from scratch")}
+    table = localisation_table(noisy, lambda side: masks)
+    paired = ratio_difference(per_image(noisy["fine-tuned"], masks), per_image(noisy["from scratch"], masks))
+    assert paired["images"] == 30 and paired["low"] < paired["difference"] < paired["high"]
+    assert paired["low"] < 0 < paired["high"]
+    assert highest_reading(table).startswith("No arm stands out: the highest, ")
 
 
 def test_the_pointing_game_caveat_covers_exactly_the_grids_whose_peak_is_a_corner() -> None:

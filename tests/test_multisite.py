@@ -14,12 +14,14 @@ import pytest
 from cxrcore import make_settings
 from cxrcore.experiments import multisite, source_models
 from cxrcore.experiments.evaluation import evaluate, evaluation_file
+from cxrcore.experiments.tables import scored_findings
 from cxrcore.experiments.training import evaluate_all
 from cxrcore.manifest import load_manifest
 from cxrcore.runner import Result, run
 from data_prep.synth import add_arguments, main
 from data_prep.synth.truth import drawn_labels, with_drawn_labels
 
+BASELINE = multisite.BASELINE
 TINY = {"arch": "resnet18", "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}}
 
 
@@ -127,20 +129,51 @@ def test_matrix_paired_tests_and_delong(settings, tiny_runs) -> None:
     models = ["CheXpert-NET", "Hospital-NET", "CheXpert-Hospital-NET"]
     delong = multisite.delong_table(predictions, models)
     assert set(delong["model"]) <= set(models) and (delong["q (BH)"] >= delong["p"] - 1e-12).all()
-    shifts = multisite.shifts(means)
-    assert {"forgetting", "site shift", "chain vs pooled"} <= set(shifts["reading"])
+    readings = multisite.paired_readings(predictions, n_boot=20)
+    assert list(readings["reading"].unique()) == ["forgetting", "gain on the new site", "chain vs pooled"]
+    assert (readings.dropna()["low"] <= readings.dropna()["high"]).all()
+    for _, row in readings.iterrows():  # the paired difference is the difference of the two models' site means
+        a, b = row["models"].split(" vs ")
+        expected = means.loc[a, row["tested on"]] - means.loc[b, row["tested on"]]
+        assert row["difference"] == pytest.approx(expected, nan_ok=True)
+    assert readings["difference"].notna().any()
+    everywhere = multisite.paired_difference(predictions, "CheXpert-Hospital-NET", BASELINE, list(multisite.SITES), 20)
+    cells = long[(long["finding"] != "Mean") & long["model"].isin(["CheXpert-Hospital-NET", BASELINE])]
+    by_model = cells.groupby("model")["auroc"].mean()
+    assert everywhere["difference"] == pytest.approx(by_model["CheXpert-Hospital-NET"] - by_model[BASELINE])
+    shifts = multisite.site_shifts(means)
+    assert list(shifts["model"]) == [BASELINE, "CheXpert-NET", "Hospital-NET"]  # the others saw every site
+    hospital_net = shifts.set_index("model").loc["Hospital-NET"]
+    assert hospital_net["unseen sites"] == "CheXpert" and hospital_net["last trained on"] == "hospital"
+    assert hospital_net["difference"] == pytest.approx(means.loc["Hospital-NET", "CheXpert"]
+                                                       - means.loc["Hospital-NET", "hospital"], nan_ok=True)
+    by_test = multisite.delong_table(predictions, ["CheXpert-Hospital-NET"], baseline="pooled", sites=["hospital"])
+    assert set(by_test["site"]) <= {"hospital"} and set(by_test["model"]) <= {"CheXpert-Hospital-NET"}
+    table, finding = next((t, f) for (model, _), t in predictions.items() if model == "CheXpert-Hospital-NET"
+                          for f in scored_findings(t, multisite.FINDINGS))  # a site where a finding is scored
+    borrowed = multisite.borrowed_scores(table, finding)
+    assert list(borrowed.index) == multisite.FINDINGS and np.isnan(borrowed.loc[finding, "p against its own score"])
+    assert borrowed["AUROC"].between(0, 1).all() and borrowed["p against its own score"].dropna().between(0, 1).all()
+    matches = multisite.keyword_matches(settings, "Atelectasis")
+    keyword = multisite.hospital_tables(settings)["keyword"]
+    assert len(matches) == int(((keyword["split"] == "train") & (keyword["Atelectasis"] == 1)).sum())
+    assert matches["keywords"].str.len().gt(0).all() and matches["drawn"].isin([0, 1]).all()
     noise = multisite.labeler_noise(settings)
     assert set(noise["labeler"]) == {"keyword", "negation-aware"} and noise["wrong labels"].between(0, 1).all()
     scores, shown = multisite.site_localisation(tiny_runs["CheXpert-Hospital-NET"], multisite.test_manifests(settings),
                                                 settings.data_root, "Cardiomegaly", 3)
     assert set(scores.index.get_level_values("map")) == {"CAM", "Grad-CAM"}
     assert list(scores.index.unique("site")) == shown["sites"] and set(shown["sites"]) <= set(multisite.SITES)
-    assert scores["images"].between(1, 3).all() and scores["sign's share of the image"].between(0, 1).all()
+    share = scores["sign's share of the image"]  # over the images whose map is not all zero (NaN: none is)
+    assert scores["images"].between(1, 3).all() and share.dropna().between(0, 1).all()
+    assert share.xs("CAM", level="map").notna().all()
     assert scores["peak inside (pointing game)"].between(0, 1).all()
     assert (scores.xs("CAM", level="map")["all-zero maps"] == 0).all()  # CAM is min-max scaled: never empty
     side = shown["images"].shape[-1]
     assert shown["images"].shape == shown["maps"]["CAM"].shape == (len(shown["sites"]), side, side)
     assert all(mask.shape == (side, side) and mask.any() for mask in shown["masks"])
+    assert (scores["energy / area low"].dropna() <= scores["energy / area high"].dropna()).all()
+    assert multisite.localisation_chance(scores)
     ranges, zero = multisite.localisation_reading(scores)
     assert ranges.startswith("Cardiomegaly, CAM: ") and "Cardiomegaly, Grad-CAM: " in ranges
     grad_zero = int(scores.xs("Grad-CAM", level="map")["all-zero maps"].sum())
@@ -176,3 +209,36 @@ def test_without_a_hospital_folder_the_error_names_the_missing_file(tmp_path: Pa
     settings = make_settings("full", root, tmp_path / "runs")
     with pytest.raises(FileNotFoundError, match=r"hospital/reports\.csv not found"):
         multisite.configs(settings)
+
+
+def test_readings_follow_the_paired_interval_not_the_point() -> None:
+    """Each reading is chosen by where the paired interval lies against zero, whatever the point difference."""
+    up, down, level = ({"difference": d, "low": lo, "high": hi} for d, lo, hi in
+                       ((0.05, 0.01, 0.09), (-0.05, -0.09, -0.01), (0.05, -0.01, 0.11)))
+    assert [multisite.verdict(r) for r in (up, down, level)] == ["higher", "lower", "within"]
+    assert multisite.interval_text(level) == "+0.050 (-0.010 to +0.110)"
+    assert "gains on CheXpert" in multisite.stage_reading("CheXpert-NET", "CheXpert", up, 499, True)
+    assert "only 499 training images" in multisite.stage_reading("CheXpert-NET", "CheXpert", down, 499, True)
+    assert "includes zero" in multisite.stage_reading("CheXpert-NET", "CheXpert", level, 499, False)
+    rows = pd.DataFrame([{**down, "tested on": "CheXpert"}, {**level, "tested on": "ChestX-ray14"}])
+    assert multisite.forgetting_reading(rows).startswith("the paired interval lies below zero on CheXpert (not on "
+                                                         "ChestX-ray14)")
+    assert "does not show" in multisite.forgetting_reading(rows.assign(low=-1.0, high=1.0))
+    assert multisite.pool_reading(rows) == "pooling beats the chain on CheXpert (paired intervals that exclude zero)"
+    assert "does not show" in multisite.pool_reading(rows.assign(low=-1.0, high=1.0))
+    assert "cost" in multisite.label_reading(up) and "includes zero" in multisite.label_reading(level)
+    assert multisite.chain_reading(level, "pooled").endswith("the best average of all models is pooled's")
+    assert multisite.chain_reading(up, "CheXpert-Hospital-NET") == ("the chain beat the baseline, its paired interval "
+                                                                    "above zero, as in the paper")
+
+
+def test_the_wilcoxon_floor_over_12_pairs() -> None:
+    """Exact: 1 / 2^12; the normal approximation that reproduces paper 000's p-values cannot go below 0.0011."""
+    floor = multisite.wilcoxon_floor(12)
+    assert floor["exact"] == pytest.approx(1 / 4096) and floor["approx"] == pytest.approx(0.00111, abs=1e-5)
+
+
+def test_site_shift_compares_unseen_sites_with_the_last_trained_one() -> None:
+    assert multisite.unseen_sites("CheXpert-NET") == ["hospital"] and multisite.last_trained_site("CheXpert-NET") == \
+        "CheXpert"
+    assert multisite.unseen_sites("pooled") == [] and multisite.unseen_sites(BASELINE) == ["CheXpert", "hospital"]

@@ -81,11 +81,28 @@ def test_tables_of_depth_resolution_and_patient_data(model_runs) -> None:
     assert ((depth["low"] <= depth["mean AUROC"]) & (depth["mean AUROC"] <= depth["high"])).all()
     resolution = paper001.resolution_table(model_runs, n_boot=20)
     np.testing.assert_allclose(resolution["gain"], resolution["ResNet-50-large"] - resolution["ResNet-50"])
+    assert "Mean" not in resolution.index  # findings only: the chapter counts its rows as findings
     targets = paper001.patient_target_table(model_runs[("patient data", "age, sex, projection")], n_boot=20)
     assert list(targets.index) == ["sex", "projection", "age"]
     assert targets.loc["age", "metric"] == "MAE (years)" and targets.loc["age", "value"] > 0
     assert targets.loc["age", "low"] <= targets.loc["age", "value"] <= targets.loc["age", "high"]
     assert paper001.metadata_only_auroc(model_runs).between(0, 1).all()
+
+
+def test_difference_direction_and_below_chance_readings() -> None:
+    assert paper001.difference_reading(0.02, half=0.05).startswith("within half an interval")
+    assert paper001.difference_reading(-0.09, half=0.05) == "more than half an interval worse"
+    assert paper001.direction_reading(0.02, reported=0.002, half=0.05).startswith("so its sign says nothing")
+    assert paper001.direction_reading(0.09, reported=0.002, half=0.05) == "the paper's direction"
+    assert paper001.direction_reading(-0.09, reported=0.002, half=0.05) == "against the paper's direction"
+    table = pd.DataFrame({"auroc": [0.33, 0.35, 0.7, 0.46], "low": [0.12, 0.2, 0.6, 0.4],
+                          "high": [0.57, 0.48, 0.8, 0.5], "n_pos": [7, 6, 30, 50]},
+                         index=["Cardiomegaly", "Pneumonia", "Atelectasis", "Mean"])
+    text = paper001.below_chance_reading(table)
+    assert "Cardiomegaly 0.330 (0.120-0.570, 7 test positives)" in text and "Atelectasis" not in text
+    assert "Cardiomegaly: its interval reaches 0.5" in text and "Pneumonia: its interval lies wholly below" in text
+    assert f"would be {0.7:.3f}" in text  # the mean over the other findings, not over the "Mean" row
+    assert paper001.below_chance_reading(table.drop(index=["Cardiomegaly", "Pneumonia"])) == ""
 
 
 def test_resamplings_are_five_patient_wise_splits_of_every_image(settings) -> None:
@@ -104,11 +121,31 @@ def test_the_resamplings_spread_beside_the_models_differences(settings, model_ru
     summary = resampling.summary(folds)
     assert summary.loc["Mean", "folds"] == resampling.N_FOLDS
     assert summary.loc["Mean", "min"] <= summary.loc["Mean", "mean"] <= summary.loc["Mean", "max"]
+    means = resampling.fold_means(folds, n_boot=20)
+    folded = resampling.fold_table(folds)
+    np.testing.assert_allclose(means["auroc"], folded[folded["finding"] == "Mean"].set_index("fold")["auroc"])
+    assert ((means["low"] <= means["auroc"]) & (means["auroc"] <= means["high"])).all()
+    common = resampling.common_findings(folds)
+    assert set(folded["finding"]) == {*common, "Mean"}  # one set of findings for every fold's mean
+    kinds = resampling.sd_kinds(summary)
+    assert kinds["SD of the mean AUROC"] == summary.loc["Mean", "std"]
+    assert kinds["mean of the per-finding SDs"] == pytest.approx(summary.loc[common, "std"].mean())
     table = resampling.spread_against_differences(model_runs, folds, n_boot=20)
     assert "ResNet-101 - ResNet-50" in table.index and "ResNet-50 - ResNet-50" not in table.index
     width = summary.loc["Mean", "max"] - summary.loc["Mean", "min"]
     np.testing.assert_allclose(table["split_range"], width)
     assert (table["within_spread"] == (table["difference"].abs() < width)).all()
+
+
+
+def test_the_resamplings_learned_reading_uses_the_chapters_line() -> None:
+    means = pd.DataFrame({"auroc": [0.522, 0.509, 0.607, 0.531, 0.609], "low": [0.49, 0.45, 0.56, 0.51, 0.55],
+                          "high": [0.56, 0.55, 0.65, 0.56, 0.66]}, index=list(resampling.FOLDS))
+    text = resampling.learned_reading(means)
+    assert text.startswith("On split 1 and split 2 the mean interval reaches 0.5")
+    assert "Only split 3 and split 5 reach 0.6" in text
+    assert "Every split reaches" in resampling.learned_reading(means.assign(auroc=0.7, low=0.6))
+    assert "No split reaches" in resampling.learned_reading(means.assign(auroc=0.55))
 
 
 def test_drain_free_development_films_are_the_counterfactuals(settings) -> None:
@@ -148,7 +185,24 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     np.testing.assert_allclose(paired["published"], groups["auroc"])  # the same films, the same AUROCs
     np.testing.assert_allclose(paired["twin"], twin_groups["auroc"])
     assert ((paired["p"] >= 0) & (paired["p"] <= 1)).all() and (paired["positives"] == groups["positives"]).all()
-    assert shortcut.cure_reading(paired).startswith("Paired on the same test films")
+    films = shortcut.paired_films(finished, drains, settings)
+    assert len(films) == predictions[shortcut.FINDING].notna().sum()
+    assert films["drain"].sum() == predictions.loc[predictions[shortcut.FINDING].notna(), "path"].isin(drains).sum()
+    unchanged = ~films["drain"]  # a film without a drain is its own counterfactual
+    np.testing.assert_allclose(films.loc[unchanged, "as published"],
+                               films.loc[unchanged, "as published, drain removed"])
+    comparison = shortcut.drain_comparison(films, n_boot=20)
+    assert list(comparison.index) == [*shortcut.MODELS, shortcut.DIFFERENCE]
+    np.testing.assert_allclose(comparison.loc["as published", "AUROC gap"],  # the subgroup table's gap
+                               groups.loc["positives with a drain", "auroc"]
+                               - groups.loc["positives without a drain", "auroc"])
+    measures = ["AUROC gap", "logit change", "effect (SD)"]
+    np.testing.assert_allclose(comparison.loc[shortcut.DIFFERENCE, measures].astype(float),
+                               (comparison.loc["as published"] - comparison.loc["drain-free training"])[
+                                   measures].astype(float))
+    assert shortcut.cure_reading(paired, comparison, split_sd=0.06).startswith("Paired on the same test films")
+    assert shortcut.gap_reading(comparison).startswith("The twin, which never saw a drain")
+    assert "On the logit scale" in shortcut.effect_reading(comparison)
     scores = shortcut.counterfactual_scores(finished["as published"], settings)
     assert len(scores) == predictions["path"].isin(drains).sum() > 0
     np.testing.assert_allclose(scores["change"], scores["score without the drain"] - scores["score"])
@@ -174,19 +228,56 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     assert energy["all-zero Grad-CAM maps"].between(0, len(paths)).all()
 
 
+def comparison_table(gap: tuple[float, float, float], effect: tuple[float, float, float]) -> pd.DataFrame:
+    """A `drain_comparison` table whose published-minus-twin row has the given (value, low, high) gap and effect."""
+    model = {"AUROC gap": 0.29, "gap low": 0.2, "gap high": 0.37, "logit change": -0.5, "logit low": -0.6,
+             "logit high": -0.4, "negatives' logit SD": 0.5, "effect (SD)": -1.0, "effect low": -1.2,
+             "effect high": -0.8}
+    learned = {**model, "AUROC gap": gap[0], "gap low": gap[1], "gap high": gap[2], "effect (SD)": effect[0],
+               "effect low": effect[1], "effect high": effect[2]}
+    return pd.DataFrame({shortcut.MODELS[0]: {**model, "effect (SD)": -1.0 + effect[0]}, shortcut.MODELS[1]: model,
+                         shortcut.DIFFERENCE: learned}).T
+
+
 def test_the_cure_reading_claims_only_what_the_test_set_detects() -> None:
     def paired(treated: tuple[float, float], untreated: tuple[float, float], everyone: tuple[float, float]):
         rows = {group: {"difference": d, "p": p, "positives": 20} for group, (d, p) in
                 zip(shortcut.GROUPS, (treated, untreated, everyone), strict=True)}
         return pd.DataFrame(rows).T
 
-    unclear = shortcut.cure_reading(paired((-0.02, 0.4), (0.05, 0.3), (-0.01, 0.6)))
-    assert "neither difference" in unclear and "drain." not in unclear
-    bought = shortcut.cure_reading(paired((-0.1, 0.001), (0.08, 0.01), (-0.04, 0.02)))
-    assert "buys it back" in bought and "0.100 lower" in bought
-    assert "no headline cost" in shortcut.cure_reading(paired((0.0, 0.9), (0.08, 0.01), (0.01, 0.5)))
-    assert "did worse" in shortcut.cure_reading(paired((0.0, 0.9), (-0.08, 0.01), (0.01, 0.5)))
-    assert "headline cost is one" in shortcut.cure_reading(paired((0.0, 0.9), (0.02, 0.5), (-0.05, 0.01)))
+    none, learned = comparison_table((0.0, -0.09, 0.08), (0.0, -0.4, 0.1)), comparison_table((0.1, 0.03, 0.2),
+                                                                                               (-0.5, -0.8, -0.2))
+    unclear = shortcut.cure_reading(paired((-0.02, 0.4), (0.05, 0.3), (-0.01, 0.6)), none, split_sd=0.06)
+    assert "neither difference" in unclear and "came from the drain" not in unclear
+    bought = shortcut.cure_reading(paired((-0.1, 0.001), (0.08, 0.01), (-0.04, 0.02)), learned, split_sd=0.06)
+    assert "buys it back" in bought and "About 0.100 of its AUROC there came from the drain" in bought
+    assert "smaller than that" in bought and "single training runs" in bought
+    alike = shortcut.cure_reading(paired((-0.053, 0.002), (-0.055, 0.15), (-0.054, 0.006)), none, split_sd=0.06)
+    assert "cannot tell it from zero" in alike and "a weaker model" in alike and "came from the drain" not in alike
+    assert "no headline cost" in shortcut.cure_reading(paired((0.0, 0.9), (0.08, 0.01), (0.01, 0.5)), none, 0.06)
+    assert "did worse" in shortcut.cure_reading(paired((0.0, 0.9), (-0.08, 0.01), (0.01, 0.5)), none, 0.06)
+    assert "headline cost is one" in shortcut.cure_reading(paired((0.0, 0.9), (0.02, 0.5), (-0.05, 0.01)), none, 0.06)
+    # "because the test set rewards the shortcut" only with the untreated positives no worse and a learned gap
+    rewarded = paired((-0.1, 0.001), (0.01, 0.8), (-0.04, 0.02))
+    assert "because the test set" in shortcut.headline_reading(rewarded, learned)
+    assert "cannot be told from" in shortcut.headline_reading(rewarded, none)
+    assert "lower on the untreated positives too" in shortcut.headline_reading(
+        paired((-0.053, 0.002), (-0.055, 0.15), (-0.054, 0.006)), learned)
+    assert shortcut.headline_reading(paired((0.0, 0.9), (0.0, 0.9), (-0.01, 0.5)), learned).startswith("Wherever")
+
+
+def test_the_drain_readings_claim_a_learned_shortcut_only_beyond_the_twin() -> None:
+    none, learned = comparison_table((0.0, -0.09, 0.08), (0.0, -0.4, 0.1)), comparison_table((0.1, 0.03, 0.2),
+                                                                                               (-0.5, -0.8, -0.2))
+    assert "cannot be told apart" in shortcut.gap_reading(none)
+    assert "learned from the labels" in shortcut.gap_reading(learned)
+    assert "finds no part of the drain's effect" in shortcut.effect_reading(none)
+    assert "About 33% of the published-style model's drain effect is learned" in shortcut.effect_reading(learned)
+    assert "no part of it shown" in shortcut.learned_summary(none)
+    assert "about 33% of it learned" in shortcut.learned_summary(learned)
+    groups = pd.DataFrame({"auroc": [0.9, 0.63, 0.78]}, index=list(shortcut.GROUPS))
+    assert "need not shrink" in shortcut.drain_rate_prediction(none, groups)
+    assert "should shrink towards the twin's" in shortcut.drain_rate_prediction(learned, groups)
 
 
 def test_without_counterfactuals_the_lab_says_how_to_make_them(settings, tmp_path) -> None:

@@ -175,6 +175,33 @@ def test_view_variants_scored_on_every_test_view_and_on_frontal_and_lateral_imag
     assert ((views["ci_low"] <= views["mean_auroc"]) & (views["mean_auroc"] <= views["ci_high"])).all()
     with pytest.raises(ValueError, match="is not in the site table"):
         paper002.by_test_view(finished, table.drop(index=test.index[:1]), n_boot=20)
+    a, b = finished[("views", "frontal+lateral")], finished[("views", "frontal, fewer")]
+    per_image = paper002.paired_difference(a, b, 50)
+    assert per_image["difference"] == pytest.approx(everything.loc["frontal+lateral", "mean_auroc"]
+                                                    - everything.loc["frontal, fewer", "mean_auroc"])
+    assert per_image["low"] <= per_image["high"]
+    for how in ("mean", "max"):  # per study: the difference of the two runs' per-study mean AUROCs
+        per_study = paper002.paired_difference(a, b, 50, level="study", how=how)
+        means = [paper002.study_means(r, 20)[f"study_mean_auroc_{how}"] for r in (a, b)]
+        assert per_study["difference"] == pytest.approx(means[0] - means[1])
+    itself = paper002.paired_difference(a, a, 20)
+    assert (itself["difference"], itself["low"], itself["high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="level must be"):
+        paper002.paired_difference(a, b, 20, level="patient")
+
+
+def test_training_labels_count_classes_and_paper_002s_weights(tiny_baseline: Result) -> None:
+    labels = paper002.training_labels(tiny_baseline)
+    manifest = load_manifest(tiny_baseline.config["run"]["manifest"])
+    train = manifest[manifest["split"] == "train"]
+    assert list(labels.index) == paper002.FINDINGS
+    assert (labels[["negative", "positive", "uncertain"]].sum(axis=1) == len(train)).all()
+    assert labels["uncertain"].tolist() == [int((train[f] == -1).sum()) for f in paper002.FINDINGS]
+    for finding, row in labels.iterrows():
+        for kind in ("negative", "positive", "uncertain"):
+            expected = len(train) / row[kind] if row[kind] else 0.0
+            assert row[f"weight, {kind}"] == pytest.approx(expected), (finding, kind)
+    assert labels["uncertain share"].tolist() == pytest.approx((labels["uncertain"] / len(train)).tolist())
 
 
 @pytest.mark.slow

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from layouts import write_chexpert, write_nih
+from sklearn.metrics import roc_auc_score
 
 from cxrcore import make_settings
 from cxrcore.experiments import paper003, source_models
+from cxrcore.experiments.tables import certain_labels, scored_findings
 from cxrcore.manifest import copies, load_manifest
-from cxrcore.metrics import AVERAGES
+from cxrcore.metrics import AVERAGES, averaged_f1, precision_recall_f1
 from cxrcore.runner import Result, run, run_key, train_image_count
 
 TINY = {"arch": "resnet18", "weights": None, "overrides": {"image_size": 32, "epochs": 1, "batch_size": 8}}
@@ -123,3 +126,108 @@ def test_top_class_maps_name_each_images_highest_finding(settings, tiny_runs) ->
     assert table["top finding"].tolist() == [paper003.FINDINGS[k] for k in scores.argmax(axis=1)]
     assert not table["sign drawn"].any()  # the real layout's images have no drawn signs (the demo sites do)
     assert table["all-zero map"].tolist() == [bool(m.max() == 0) for m in maps]
+
+
+def test_counted_averaged_f1_agrees_with_sklearn_and_leaves_uncertain_labels_out(tiny_runs) -> None:
+    """With every label known it is `metrics.averaged_f1`; with uncertain labels (NaN) left out, its micro F1 pools
+    the counted decisions and its macro F1 is the mean of the per-finding F1."""
+    predictions = tiny_runs[("leak", "correct protocol")].predictions
+    scores = predictions[[f"{f}_score" for f in paper003.FINDINGS]].to_numpy()
+    known = predictions[paper003.FINDINGS].fillna(0)
+    ours, sklearn = paper003.counted_averaged_f1(known, scores, 0.5), averaged_f1(known, scores, 0.5)
+    assert np.allclose(ours.to_numpy(dtype=float), sklearn.to_numpy(dtype=float), equal_nan=True)
+    truth = known.mask(np.arange(known.size).reshape(known.shape) % 3 == 0)  # a third of the labels not scored
+    table = paper003.counted_averaged_f1(truth, scores, 0.5)
+    counted, called, positive = truth.notna().to_numpy(), scores >= 0.5, truth.to_numpy() == 1
+    hits = (called & positive & counted).sum()
+    assert table.loc["micro", "f1"] == pytest.approx(2 * hits / ((called & counted).sum() + positive.sum()))
+    per_finding = precision_recall_f1(truth, scores, 0.5, names=paper003.FINDINGS)["f1"].fillna(0)
+    assert table.loc["macro", "f1"] == pytest.approx(per_finding.mean())
+
+
+def test_certain_labels_make_supports_the_manifests_certain_positives(settings, tiny_runs) -> None:
+    """Scored on certain labels (as `paper003.runs` scores), a finding's support is its count of label 1 among the
+    test images, uncertain ones left out; the trivial all-positive F1 and the share called positive follow them."""
+    result = certain_labels(tiny_runs[("leak", "correct protocol")], paper003.FINDINGS)
+    manifest = load_manifest(result.config["run"]["manifest"])
+    test = manifest[manifest["split"] == "test"]
+    report = paper003.f1_report(result)
+    assert report.loc[paper003.FINDINGS, "support"].tolist() == (test[paper003.FINDINGS] == 1).sum().tolist()
+    assert result.predictions[paper003.FINDINGS].isna().sum().sum() == (test[paper003.FINDINGS] == -1).sum().sum()
+    everything = paper003.f1_report(result, 0.0).loc[paper003.FINDINGS, "f1"].fillna(0)  # every film called positive
+    assert np.allclose(paper003.all_positive_f1(result).fillna(0), everything)
+    assert (paper003.called_positive(result, 0.0).dropna() == 1).all()
+    assert (paper003.called_positive(result, 1.01).dropna() == 0).all()
+
+
+def test_leak_test_pairs_the_untouched_set_and_subtracts(settings, tiny_runs) -> None:
+    """The inflation is the own splits' mean AUROC difference of `leak_table`, the untouched difference is paired on
+    the same valid.csv images, and the leak is the first minus the second, each with an interval around it."""
+    clean = paper003.clean_predictions(settings, tiny_runs)
+    own = {v: tiny_runs[("leak", v)].predictions for v in paper003.SECTIONS["leak"]}
+    table = paper003.leak_table(settings, tiny_runs, clean).set_index(["protocol", "test set"])
+    test = paper003.leak_test(own, clean, 50)
+    mean = table["mean_auroc"]
+    assert test.loc["inflation", "value"] == pytest.approx(mean.loc[("leaky protocol", "own test split")]
+                                                           - mean.loc[("correct protocol", "own test split")])
+    untouched = "radiologists' test set (valid.csv)"
+    assert test.loc["untouched", "value"] == pytest.approx(mean.loc[("leaky protocol", untouched)]
+                                                           - mean.loc[("correct protocol", untouched)])
+    assert test.loc["leak", "value"] == pytest.approx(test.loc["inflation", "value"] - test.loc["untouched", "value"])
+    assert (test["low"] <= test["high"]).all()
+    assert table["prevalence"].between(0, 1).all()
+    same = paper003.paired_difference(clean["leaky protocol"], clean["leaky protocol"], 50)
+    assert same == {"value": 0.0, "low": 0.0, "high": 0.0}  # a model against itself: paired draws cancel
+    assert isinstance(paper003.leak_reading(test), str)
+
+
+def test_auroc_draws_start_from_the_plain_auroc(tiny_runs) -> None:
+    predictions = tiny_runs[("leak", "correct protocol")].predictions
+    findings = scored_findings(predictions, paper003.FINDINGS, 2)
+    draws = paper003.auroc_draws([predictions], findings, 20)
+    assert draws.shape == (1, 21, len(findings))
+    for k, finding in enumerate(findings):
+        known = predictions[finding].notna()
+        assert draws[0, 0, k] == pytest.approx(roc_auc_score(predictions.loc[known, finding],
+                                                             predictions.loc[known, f"{finding}_score"]))
+    with pytest.raises(ValueError, match="same images"):
+        paper003.auroc_draws([predictions, predictions.iloc[::-1]], findings, 5)
+
+
+def test_leak_by_finding_compares_each_finding_and_the_up_sampled_mean(tiny_runs) -> None:
+    own = {v: tiny_runs[("leak", v)].predictions for v in paper003.SECTIONS["leak"]}
+    both = [f for f in scored_findings(own["correct protocol"], paper003.FINDINGS)
+            if f in scored_findings(own["leaky protocol"], paper003.FINDINGS)]
+    table = paper003.leak_by_finding(own, both[:1], 30)
+    assert list(table.index) == [*both, "mean, up-sampled", "mean, others", "up-sampled minus others"]
+    rows = table.loc[both]
+    assert np.allclose(rows["value"], rows["leaky protocol"] - rows["correct protocol"])
+    assert table.loc["mean, up-sampled", "value"] == pytest.approx(rows["value"].iloc[0])
+    assert isinstance(paper003.upsampled_leak_reading(table), str)
+
+
+def test_readings_follow_their_numbers() -> None:
+    """Each sentence is chosen by its interval: below, across or above chance; a leak or none; within noise."""
+    assert paper003.signed(-0.001) == "0.00" and paper003.signed(0.004) == "0.00" and paper003.signed(0.02) == "+0.02"
+    rows = pd.DataFrame({"ci_low": [0.40, 0.45, 0.55], "ci_high": [0.48, 0.52, 0.60]}, index=["a", "b", "c"])
+    reading = paper003.chance_reading(rows)
+    assert "a's interval lies wholly below 0.5" in reading and "b's interval lies across 0.5" in reading
+    assert "c's interval lies wholly above 0.5" in reading
+
+    def test(inflation: tuple, untouched: tuple, leak: tuple) -> pd.DataFrame:
+        return pd.DataFrame([inflation, untouched, leak], index=["inflation", "untouched", "leak"],
+                            columns=["value", "low", "high"])
+    assert "excess is the leak" in paper003.leak_reading(test((0.1, 0.07, 0.14), (0, -0.02, 0.02),
+                                                              (0.1, 0.06, 0.15)))
+    assert "worse on the untouched" in paper003.leak_reading(test((0.1, 0.07, 0.14), (-0.05, -0.08, -0.02),
+                                                                  (0.15, 0.1, 0.2)))
+    assert "also better" in paper003.leak_reading(test((0.1, 0.07, 0.14), (0.05, 0.02, 0.08), (0.05, 0.01, 0.1)))
+    assert "too small to tell" in paper003.leak_reading(test((0.1, 0.0, 0.2), (0.05, -0.1, 0.2), (0.05, -0.2, 0.3)))
+    assert "not higher" in paper003.leak_reading(test((-0.01, -0.05, 0.03), (0, -0.02, 0.02), (0, -0.05, 0.05)))
+    by_finding = pd.DataFrame({"value": [0.09], "low": [-0.01], "high": [0.2]}, index=["up-sampled minus others"])
+    assert "do not differ beyond noise" in paper003.upsampled_leak_reading(by_finding)
+    remedies = paper003.remedy_reading({"pos_weight": 0.08, "up-sampling": -0.001},
+                                       {"pos_weight": {"value": -0.03, "low": -0.05, "high": -0.01},
+                                        "up-sampling": {"value": 0.0, "low": -0.02, "high": 0.02}})
+    assert "pos_weight changed the macro F1 at 0.5 by +0.08" in remedies and ": lower)" in remedies
+    assert "up-sampling changed the macro F1 at 0.5 by 0.00" in remedies and ": within noise)" in remedies

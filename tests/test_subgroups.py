@@ -12,6 +12,7 @@ from cxrcore.experiments.subgroups import (
     MIN_POSITIVES,
     UNKNOWN,
     gap_reading,
+    patients_needed,
     split_findings,
     subgroup_aurocs,
     subgroup_columns,
@@ -68,7 +69,18 @@ def test_a_model_alike_on_every_subgroup_shows_no_gap_and_says_how_many_patients
     assert ((gaps["ci_low"] < 0) & (gaps["ci_high"] > 0)).all()
     reading = gap_reading(gaps, 700)
     assert reading.startswith("No gap's interval excludes zero: on 700 test patients")
-    assert "at about" in reading and "test patients (interval widths shrink" in reading
+    assert "the side of its interval that faces zero reaches" in reading and "half the time" in reading
+    assert "80 % of the time takes about" in reading and "2.0 times as many" in reading
+
+
+def test_patients_needed_uses_the_side_that_faces_zero() -> None:
+    above = pd.Series({"gap": 0.073, "ci_low": -0.056, "ci_high": 0.165})  # the lower side is 0.129 from the gap
+    even, powered = patients_needed(above, 152)
+    assert even == pytest.approx(152 * (0.129 / 0.073) ** 2)
+    assert powered == pytest.approx(even * ((1.96 + 0.84) / 1.96) ** 2)
+    below = pd.Series({"gap": -0.05, "ci_low": -0.2, "ci_high": 0.03})  # the upper side faces zero: 0.08
+    assert patients_needed(below, 100)[0] == pytest.approx(100 * (0.08 / 0.05) ** 2)
+    assert patients_needed(pd.Series({"gap": 0.0, "ci_low": -0.1, "ci_high": 0.1}), 100) == (np.inf, np.inf)
 
 
 def test_unknown_sex_and_age_form_their_own_row_outside_the_comparisons(films) -> None:

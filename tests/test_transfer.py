@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 from layouts import write_chexpert, write_nih
+from sklearn.metrics import roc_auc_score
 
 from cxrcore.experiments import localisation, source_models, tables, transfer, transfer_sizes
 from cxrcore.experiments.reported import read_reported
 from cxrcore.experiments.training import dependencies, run_order
 from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.models import imagenet_weights_file
-from cxrcore.runner import run, run_key
+from cxrcore.runner import Result, run, run_key
 
 DENSENET = transfer.ARCHITECTURES[0]
 VGG = next(a for a in transfer.ARCHITECTURES if a.arch == "vgg16")
@@ -145,6 +146,8 @@ def test_off_the_shelf_keeps_the_source_backbone_and_fine_tuning_changes_it(
     assert all(torch.equal(ots_state[key], source_state[key]) for key in backbone)
     assert not all(torch.equal(ft_state[key], source_state[key]) for key in backbone)
     assert ots_state["head.weight"].shape == (len(transfer.TARGET_FINDINGS), 2048)
+    assert transfer.backbone_change(ots, upstream, model) == 0  # the frozen backbone is the source's, exactly
+    assert 0 < transfer.backbone_change(ft, upstream, model) < 1
     assert set(ots.predictions["path"]) == set(ft.predictions["path"])
     scored = tables.certain_labels(ft, transfer.TARGET_FINDINGS)  # what the chapter and the command score
     assert scored.predictions["path"].equals(ft.predictions["path"]) and scored.metrics == ft.metrics
@@ -216,16 +219,73 @@ def test_reported_summaries_come_from_reported_csv() -> None:
 
 def test_size_sweep_in_words() -> None:
     sweep = pd.DataFrame({"train_images": [100, 100, 300, 300, 600, 600], "arm": ["fine-tuned", "from scratch"] * 3,
+                          "mean_auroc": [0.62, 0.48, 0.7, 0.6, 0.8, 0.73],
+                          "ci_low": [0.58, 0.45, 0.66, 0.55, 0.77, 0.7],
+                          "ci_high": [0.66, 0.52, 0.74, 0.65, 0.83, 0.76],
                           "difference": [0.14, np.nan, 0.10, np.nan, 0.07, np.nan],
                           "difference_low": [0.09, np.nan, 0.05, np.nan, -0.01, np.nan],
                           "difference_high": [0.19, np.nan, 0.15, np.nan, 0.12, np.nan]})
-    words = transfer_sizes.describe(sweep)
+    change = pd.DataFrame({"smaller": [100, 300], "larger": [600, 600], "change": [-0.07, -0.03],
+                           "change_low": [-0.12, -0.08], "change_high": [-0.02, 0.02]})
+    words = transfer_sizes.describe(sweep, change)
     assert words["ts_sizes"] == "100, 300 and 600"
     assert words["ts_gaps"].startswith("100 images +0.140 (+0.090 to +0.190); 300 images +0.100")
     assert words["ts_clear"] == "The interval lies wholly above zero at 100 and 300 training images"
-    assert words["ts_trend"].startswith("shrinks.")
-    sweep.loc[2, "difference"] = 0.15  # larger at 300 than at 100, smallest at 600
-    assert transfer_sizes.describe(sweep)["ts_trend"].startswith("shrinks, though not at every step.")
-    sweep["difference"] = sweep["difference"][::-1].to_numpy()  # now it grows
-    assert transfer_sizes.describe(sweep)["ts_trend"].startswith("does not shrink")
+    assert words["ts_trend"].startswith("shrinks from 100 to 600 training images: the paired interval of the change "
+                                        "lies wholly below zero.")
+    assert "from 300 to 600 images -0.030 (-0.080 to +0.020)" in words["ts_trend"]
+    assert "From 300 training images on, the change's interval reaches both sides of zero" in words["ts_trend"]
+    assert "At 100 images (0.480, 0.450-0.520) the from-scratch arm's own interval includes 0.5" in words["ts_trend"]
+    change["change_high"] = [0.01, 0.02]  # the smallest size's interval now reaches above zero
+    assert transfer_sizes.change_reading(change).startswith(
+        "may shrink or grow from 100 to 600 training images: the paired interval of the change reaches both sides of "
+        "zero, so this sweep cannot tell.")
+    change["change"], change["change_low"] = [0.05, 0.01], [0.02, -0.03]
+    assert transfer_sizes.change_reading(change).startswith("grows from 100 to 600")
 
+
+def _sweep_run(tmp_path: Path, name: str, scores: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> Result:
+    """A finished run of the sweep as the chapter reads it: its test predictions (one finding) and its history."""
+    predictions = pd.DataFrame({"path": [f"img{i}.png" for i in range(len(labels))], "patient_id": patients,
+                                "Edema": labels, "Edema_score": scores})
+    return Result(key=name, run_dir=tmp_path, config={}, metrics={}, predictions=predictions, history=pd.DataFrame(),
+                  checkpoint=tmp_path / "none.pt", cached=True, elapsed=0.0)
+
+
+def test_gap_change_is_the_paired_difference_of_differences(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.tile([0.0, 1.0], 300)
+    patients = np.repeat(np.arange(150), 4).astype(str)  # four films per patient
+    noise = rng.normal(size=(4, 600))
+    scale = {"small pretrained": 1.0, "small scratch": 4.0, "large pretrained": 0.6, "large scratch": 0.8}
+    runs = {name: _sweep_run(tmp_path, name, labels + s * noise[k], labels, patients)
+            for k, (name, s) in enumerate(scale.items())}
+    auroc = {name: roc_auc_score(labels, run.predictions["Edema_score"]) for name, run in runs.items()}
+    found = transfer_sizes.gap_change((runs["small pretrained"], runs["small scratch"]),
+                                      (runs["large pretrained"], runs["large scratch"]), ["Edema"], n_boot=300)
+    expected = ((auroc["large pretrained"] - auroc["large scratch"])
+                - (auroc["small pretrained"] - auroc["small scratch"]))
+    assert found["change"] == pytest.approx(expected)
+    assert found["change_low"] < expected < found["change_high"] and found["change_high"] < 0  # the gap shrinks
+    moved = _sweep_run(tmp_path, "other", labels, labels, patients)
+    moved.predictions["path"] = moved.predictions["path"].iloc[::-1].to_numpy()
+    with pytest.raises(ValueError, match="not tested on the same images"):
+        transfer_sizes.gap_change((moved, runs["small scratch"]), (runs["large pretrained"], runs["large scratch"]),
+                                  ["Edema"], n_boot=10)
+
+
+def test_budgets_count_steps_to_the_kept_epoch(tmp_path: Path) -> None:
+    def finished(images: int, kept: int) -> Result:
+        return Result(key=str(images), run_dir=tmp_path, config={"preset": {"batch_size": 32}},
+                      metrics={"images": {"train": images}, "best_epoch": kept},
+                      predictions=pd.DataFrame(), history=pd.DataFrame({"epoch": range(1, 7)}),
+                      checkpoint=tmp_path / "none.pt", cached=True, elapsed=0.0)
+
+    runs = {(97, "fine-tuned"): finished(97, 1), (97, "from scratch"): finished(97, 4),
+            (1624, "fine-tuned"): finished(1624, 6), (1624, "from scratch"): finished(1624, 6)}
+    budget = transfer_sizes.budgets(runs)
+    assert budget.loc[0].to_dict() == {"arm": "fine-tuned", "train_images": 97, "epochs": 6, "steps": 24,
+                                       "kept_epoch": 1, "steps_to_kept": 4}
+    assert transfer_sizes.budget_reading(budget) == (
+        "at a fixed 6 epochs, the fine-tuned arm took 24 gradient steps on 97 training images (and kept epoch 1, "
+        "after 4 steps) against 306 on 1,624 (kept epoch 6, after 306)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control
+from scipy.stats import false_discovery_control, wilcoxon
 from sklearn.metrics import precision_recall_fscore_support
 
 from cxrcore.experiments import source_models
@@ -40,10 +40,11 @@ from cxrcore.experiments.source_models import ARCHITECTURES
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, predictions_auroc_table, scored_findings
 from cxrcore.findings import NIH_HARMONIZED, PAPER000_FINDINGS
 from cxrcore.manifest import REQUIRED_COLUMNS, load_manifest, write_derived_manifest
-from cxrcore.metrics import delong_test, paired_tests, score_column
+from cxrcore.metrics import bootstrap_mean_difference, delong_test, paired_tests, score_column
 from cxrcore.runner import Result, evaluation_dataset, limit_patients, run
 from cxrcore.settings import Settings, quick_sized
-from data_prep.manifests import read_chexpert, read_hospital
+from data_prep.manifests import HOSPITAL_DIR, read_chexpert, read_hospital
+from data_prep.report_labeler import TABLE1_KEYWORDS, explain, read_text_csv
 from data_prep.splits import split_patients
 from data_prep.synth.plan import CHEXPERT_SIGNS
 from data_prep.synth.truth import with_drawn_labels
@@ -235,39 +236,173 @@ def mean_matrix(long: pd.DataFrame, text: bool = False) -> pd.DataFrame:
     return table.reindex(index=pd.unique(means["model"]), columns=pd.unique(means["site"]))
 
 
-def shifts(means: pd.DataFrame) -> pd.DataFrame:
-    """What the matrix says about forgetting and site shift, one row per reading (differences of mean AUROC)."""
-    rows = [("forgetting", "CheXpert-Hospital-NET vs CheXpert-NET", "CheXpert"),
-            ("forgetting", "CheXpert-Hospital-NET vs NIH baseline", "ChestX-ray14"),
-            ("forgetting", "CheXpert-NET vs NIH baseline", "ChestX-ray14"),
-            ("gain on the new site", "CheXpert-Hospital-NET vs CheXpert-NET", "hospital"),
-            ("gain on the new site", "CheXpert-NET vs NIH baseline", "CheXpert"),
-            ("chain vs pooled", "CheXpert-Hospital-NET vs pooled", "CheXpert"),
-            ("chain vs pooled", "CheXpert-Hospital-NET vs pooled", "hospital"),
-            ("chain vs pooled", "CheXpert-Hospital-NET vs pooled", "ChestX-ray14")]
-    out = []
-    for reading, pair, site in rows:
-        a, b = pair.split(" vs ")
-        out.append({"reading": reading, "models": pair, "tested on": site,
-                    "difference": means.loc[a, site] - means.loc[b, site]})
-    for name in means.index:  # site shift: a model off its own site(s)
-        home = home_sites(name)
-        away = [s for s in means.columns if s not in home]
+READINGS = [("forgetting", "CheXpert-Hospital-NET", "CheXpert-NET", "CheXpert"),
+            ("forgetting", "CheXpert-Hospital-NET", "NIH baseline", "ChestX-ray14"),
+            ("forgetting", "CheXpert-NET", "NIH baseline", "ChestX-ray14"),
+            ("gain on the new site", "CheXpert-Hospital-NET", "CheXpert-NET", "hospital"),
+            ("gain on the new site", "CheXpert-NET", "NIH baseline", "CheXpert"),
+            ("chain vs pooled", "CheXpert-Hospital-NET", "pooled", "CheXpert"),
+            ("chain vs pooled", "CheXpert-Hospital-NET", "pooled", "hospital"),
+            ("chain vs pooled", "CheXpert-Hospital-NET", "pooled", "ChestX-ray14")]  # (reading, A, B, test site)
+
+
+def paired_difference(predictions: Mapping[tuple[str, str], pd.DataFrame], a: str, b: str, sites: Sequence[str],
+                      n_boot: int) -> dict[str, float]:
+    """Model a minus model b in mean AUROC over the finding x site cells of `sites` (each site's scored findings),
+    on the same test images, with the paired patient-bootstrap 95 % interval
+    (`cxrcore.metrics.bootstrap_mean_difference`; the patients of every site are resampled at once); NaN where no
+    finding has enough positives."""
+    for site in sites:
+        if not predictions[(a, site)]["path"].equals(predictions[(b, site)]["path"]):
+            raise ValueError(f"{a} and {b} were not tested on the same {site} images")
+    columns = [(site, f) for site in sites for f in scored_findings(predictions[(a, site)], FINDINGS)]
+    if not columns:  # no finding has enough positives at these sites: nothing to compare (as in `matrix`)
+        return {"difference": np.nan, "low": np.nan, "high": np.nan}
+    labels = _stacked(predictions, a, sites, columns, scores=False)
+    groups = np.concatenate([site + ": " + predictions[(a, site)]["patient_id"].astype(str).to_numpy()
+                             for site in sites])
+    result = bootstrap_mean_difference(np.nan_to_num(labels), _stacked(predictions, a, sites, columns, scores=True),
+                                       _stacked(predictions, b, sites, columns, scores=True), groups, n_boot=n_boot,
+                                       mask=~np.isnan(labels))
+    return {"difference": result["difference"], "low": result["low"], "high": result["high"]}
+
+
+def _stacked(predictions: Mapping[tuple[str, str], pd.DataFrame], model: str, sites: Sequence[str],
+             columns: Sequence[tuple[str, str]], scores: bool) -> np.ndarray:
+    """One model's labels (NaN off a column's site) or scores (0 there) as an (images of every site in turn) x
+    (site, finding) matrix."""
+    blocks = []
+    for site in sites:
+        table = predictions[(model, site)]
+        block = np.full((len(table), len(columns)), 0.0 if scores else np.nan)
+        for k, (column_site, finding) in enumerate(columns):
+            if column_site == site:
+                block[:, k] = table[score_column(finding) if scores else finding].to_numpy(float)
+        blocks.append(block)
+    return np.vstack(blocks)
+
+
+def paired_readings(predictions: Mapping[tuple[str, str], pd.DataFrame], n_boot: int) -> pd.DataFrame:
+    """What the matrix says about forgetting, the gain of each stage and the chain against pooling: one row per
+    `READINGS` entry, the difference of mean AUROC on one site and its paired patient-bootstrap interval."""
+    rows = []
+    for reading, a, b, site in READINGS:
+        rows.append({"reading": reading, "models": f"{a} vs {b}", "tested on": site,
+                     **paired_difference(predictions, a, b, [site], n_boot)})
+    return pd.DataFrame(rows)
+
+
+def last_trained_site(model: str) -> str:
+    """The site a model was last trained on (pooled: the hospital and CheXpert together, reported as None)."""
+    return {BASELINE: "ChestX-ray14", "CheXpert-NET": "CheXpert", "Hospital-NET": "hospital"}.get(model, "hospital")
+
+
+def unseen_sites(model: str) -> list[str]:
+    """The sites whose training images a model never saw, neither itself nor the models it started from."""
+    seen = {BASELINE: ["ChestX-ray14"], "CheXpert-NET": ["ChestX-ray14", "CheXpert"],
+            "Hospital-NET": ["ChestX-ray14", "hospital"]}.get(model, list(SITES))
+    return [site for site in SITES if site not in seen]
+
+
+def site_shifts(means: pd.DataFrame) -> pd.DataFrame:
+    """Site shift apart from forgetting: each model's mean AUROC on the sites it never trained on minus that on the
+    site it was trained on last (an earlier site's loss is forgetting, read separately)."""
+    rows = []
+    for name in means.index:
+        away = unseen_sites(name)
         if away:
-            out.append({"reading": "site shift", "models": name, "tested on": f"{', '.join(away)} vs its own",
-                        "difference": means.loc[name, away].mean() - means.loc[name, home].mean()})
-    return pd.DataFrame(out)
+            last = last_trained_site(name)
+            rows.append({"model": name, "unseen sites": ", ".join(away), "last trained on": last,
+                         "difference": means.loc[name, away].mean() - means.loc[name, last]})
+    return pd.DataFrame(rows, columns=["model", "unseen sites", "last trained on", "difference"])
 
 
-def home_sites(model: str) -> list[str]:
-    """The sites whose training images a model saw (the NIH baseline's start counts for every later model)."""
-    if model == BASELINE:
-        return ["ChestX-ray14"]
-    if model == "CheXpert-NET":
-        return ["ChestX-ray14", "CheXpert"]
-    if model == "Hospital-NET":
-        return ["ChestX-ray14", "hospital"]
-    return list(SITES)  # the chain's last stage (every labeler) and pooled saw all three
+def verdict(row: Mapping[str, float]) -> str:
+    """"higher", "lower" or "within": where a paired interval ({"low", "high"}) lies against zero."""
+    return "higher" if row["low"] > 0 else "lower" if row["high"] < 0 else "within"
+
+
+def interval_text(row: Mapping[str, float]) -> str:
+    """"+0.316 (+0.25 to +0.38)": a paired difference and its 95 % interval."""
+    return f"{row['difference']:+.3f} ({row['low']:+.3f} to {row['high']:+.3f})"
+
+
+def stage_reading(model: str, site: str, row: Mapping[str, float], images: int, quick: bool) -> str:
+    """What one fine-tuning stage's paired difference on its own site says."""
+    if verdict(row) == "higher":
+        return f"{model} gains on {site}, and the paired interval excludes zero"
+    if verdict(row) == "lower":
+        few = "only " if quick else ""
+        return (f"{model} is worse on {site} than the model it started from, and the paired interval excludes zero: "
+                f"on {few}{images:,} training images, fine-tuning at paper 000's rate undid more than it taught")
+    return f"{model}'s paired interval on {site} includes zero: no gain shows"
+
+
+def forgetting_reading(rows: pd.DataFrame) -> str:
+    """What the forgetting rows of `paired_readings` (the chain's last stage on the earlier sites) say."""
+    lost = [site for site, row in rows.set_index("tested on").iterrows() if verdict(row) == "lower"]
+    if not lost:
+        return ("no paired interval lies below zero: at this test size the later stage's cost on the earlier sites "
+                "does not show")
+    kept = [site for site in rows["tested on"] if site not in lost]
+    return (f"the paired interval lies below zero on {' and '.join(lost)}" +
+            (f" (not on {' and '.join(kept)})" if kept else "") +
+            ": fine-tuning on the next site overwrites part of what an earlier one taught")
+
+
+def pool_reading(rows: pd.DataFrame) -> str:
+    """What the chain-vs-pooled rows of `paired_readings` say, site by site."""
+    by_site = rows.set_index("tested on")
+    chain = [site for site, row in by_site.iterrows() if verdict(row) == "higher"]
+    pooled = [site for site, row in by_site.iterrows() if verdict(row) == "lower"]
+    if not chain and not pooled:
+        return ("every paired interval includes zero: with the same images and the same start, the order of the "
+                "stages does not show")
+    parts = ([f"the chain beats pooling on {', '.join(chain)}"] if chain else []) + \
+        ([f"pooling beats the chain on {', '.join(pooled)}"] if pooled else [])
+    return "; ".join(parts) + " (paired intervals that exclude zero)"
+
+
+def label_reading(row: Mapping[str, float]) -> str:
+    """What the paired difference drawn-sign labels minus keyword labels, on the hospital, says."""
+    if verdict(row) == "higher":
+        return "The keyword labels cost the hospital stage AUROC on the images it was trained for: the paired " \
+               "interval lies above zero."
+    if verdict(row) == "lower":
+        return "The keyword labels did better here than the drawn signs: the paired interval lies below zero."
+    return "The paired interval includes zero: at this test size the labels' cost does not show beyond chance."
+
+
+def chain_reading(row: Mapping[str, float], best: str) -> str:
+    """What the chain's last stage minus the NIH baseline, over every finding x site cell, says beside the paper."""
+    text = {"higher": "the chain beat the baseline, its paired interval above zero, as in the paper",
+            "lower": "unlike the paper, the chain did worse than the baseline, its paired interval below zero",
+            "within": "unlike the paper, the chain did not beat the baseline: the paired interval includes zero"
+            }[verdict(row)]
+    return text + (f"; the best average of all models is {best}'s" if best != "CheXpert-Hospital-NET" else "")
+
+
+def borrowed_scores(table: pd.DataFrame, finding: str) -> pd.DataFrame:
+    """How well each finding's score ranks one finding's test labels (one model's predictions on one site): AUROC,
+    and DeLong's p against the finding's own score; a score that ranks another finding's images as well as that
+    finding's own output has learned something the findings share (an abnormal film), not the finding itself."""
+    counted = table[finding].notna().to_numpy()
+    labels, own = table.loc[counted, finding], table.loc[counted, score_column(finding)]
+    rows = []
+    for other in FINDINGS:
+        if score_column(other) in table.columns:
+            test = delong_test(labels, table.loc[counted, score_column(other)], own)
+            rows.append({"score": other, "AUROC": test.auc_a, "p against its own score": np.nan if other == finding
+                         else test.p})
+    return pd.DataFrame(rows).set_index("score")
+
+
+def wilcoxon_floor(n: int) -> dict[str, float]:
+    """The smallest one-sided p-value a Wilcoxon signed-rank test over n pairs can give: exact, and by the normal
+    approximation (what reproduces paper 000's p-values)."""
+    gains = np.arange(1, n + 1, dtype=float)  # every pair moves the same way: the most extreme outcome
+    return {method: float(wilcoxon(gains, alternative="greater", method=method).pvalue)
+            for method in ("exact", "approx")}
 
 
 def cells(long: pd.DataFrame) -> pd.DataFrame:
@@ -292,12 +427,12 @@ def paired_table(long: pd.DataFrame, models: Sequence[str], baseline: str = BASE
 
 
 def delong_table(predictions: Mapping[tuple[str, str], pd.DataFrame], models: Sequence[str],
-                 baseline: str = BASELINE) -> pd.DataFrame:
-    """DeLong's test of each model against the baseline per finding and site (findings with enough positives),
-    with Benjamini-Hochberg q values over every test in the table."""
+                 baseline: str = BASELINE, sites: Sequence[str] | None = None) -> pd.DataFrame:
+    """DeLong's test of each model against the baseline per finding and site (findings with enough positives; every
+    site, or `sites`), with Benjamini-Hochberg q values over every test in the table."""
     rows = []
     for (name, site), table in predictions.items():
-        if name not in models:
+        if name not in models or (sites is not None and site not in sites):
             continue
         base = predictions[(baseline, site)]
         for finding in scored_findings(table, FINDINGS):
@@ -326,6 +461,25 @@ def labeler_noise(settings: Settings) -> pd.DataFrame:
                          "precision": precision, "recall": recall, "F1": f1,
                          "wrong labels": float(np.mean(y != y_hat))})
     return pd.DataFrame(rows)
+
+
+def keyword_matches(settings: Settings, finding: str) -> pd.DataFrame:
+    """The hospital's training images that the keyword labeler (paper 000's Table 1, no negation detection) marks
+    positive for a finding: the keywords matched in each report, whether negation detection reads every one of those
+    matches as negated, and whether the sign is drawn (synthetic sites; NaN elsewhere)."""
+    tables = hospital_tables(settings)
+    keyword = tables["keyword"]
+    train = keyword[(keyword["split"] == "train") & (keyword[finding] == 1)]
+    reports = read_text_csv(settings.data_root / HOSPITAL_DIR / "reports.csv")
+    text = dict(zip(HOSPITAL_DIR + "/" + reports["Path"].astype(str), reports["Report"], strict=True))
+    drawn = tables["drawn signs"].set_index("path")[finding] if "drawn signs" in tables else pd.Series(dtype=float)
+    rows = []
+    for path in train["path"]:
+        found = [m for m in explain(text[path], negation=True, keywords=TABLE1_KEYWORDS) if m.finding == finding]
+        rows.append({"path": path, "keywords": "; ".join(dict.fromkeys(m.keyword for m in found)),
+                     "negated": bool(found) and all(m.status == "negated" for m in found),
+                     "drawn": drawn.get(path, np.nan)})
+    return pd.DataFrame(rows, columns=["path", "keywords", "negated", "drawn"])
 
 
 def site_localisation(result: Result, tests: Mapping[str, Path], data_root: Path, finding: str, n: int
@@ -378,6 +532,23 @@ def localisation_reading(scores: pd.DataFrame) -> tuple[str, str]:
         "which the model found evidence against the finding everywhere, less of it in some places than in others, "
         "gets an empty map; the CAM, scaled per image, still shows where the evidence for the finding is highest, "
         "which is why the figures show both.")
+
+
+def localisation_chance(scores: pd.DataFrame) -> str:
+    """Whether `site_localisation`'s energy / area intervals (images resampled) set any site's map apart from 1,
+    the share of a map that ignores the sign: a site comparison means something only where one does."""
+    bounded = scores.dropna(subset=["energy / area low", "energy / area high"])
+    if bounded.empty:
+        return "No site has two scored maps of a finding: there is no interval to read."
+    above = bounded[bounded["energy / area low"] > 1]
+    if above.empty:
+        return (f"Every one of the {len(bounded)} site intervals (images resampled) includes 1 or lies below it: on "
+                f"{int(bounded['images'].min())} to {int(bounded['images'].max())} images per site these maps are not "
+                "shown to put more of their energy on the sign than a map that ignores it, so they cannot tell a "
+                "site where the model learned the sign from one where it did not.")
+    where = ", ".join(f"{finding} {method} at {site}" for finding, site, method in above.index)
+    return (f"The interval (images resampled) lies above 1 for {where}, and includes 1 or lies below it for the other "
+            f"{len(bounded) - len(above)} of {len(bounded)}: only those maps single out the sign beyond chance.")
 
 
 def reported_matrix(reported: pd.DataFrame) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from cxrcore.experiments.tables import (
     scored_findings,
 )
 from cxrcore.findings import NIH_HARMONIZED, PATIENT_TARGETS
-from cxrcore.metrics import auroc_per_class, bootstrap_auroc_ci, mae, score_column
+from cxrcore.metrics import MEAN_ROW, auroc_per_class, bootstrap_auroc_ci, mae, score_column
 from cxrcore.models import build_model
 from cxrcore.runner import Result, resolved_preset, run
 from cxrcore.settings import Settings, quick_sized
@@ -47,6 +47,7 @@ DEPTHS = {"ResNet-38": "resnet38", "ResNet-50": "resnet50", "ResNet-101": "resne
 SMALL_FOCAL = ("Nodule", "Mass")  # paper 001: the findings "-large" should help most (fractures are not labelled)
 QUICK_TRAIN_IMAGES = 1200  # training images of every run in the quick profile (whole patients)
 QUICK_EPOCHS = 5  # every run's epochs in the quick profile
+WELL_BELOW_CHANCE = 0.4  # a per-finding AUROC this far under 0.5 ranks the films backwards, worth a word
 LEARNED_AUROC = 0.6  # the chapter's line between a network that learned and one that barely started (0.5: chance)
 METADATA_IMAGE_SIZE = 32  # the metadata-only model does not look at its images: decode them as small as allowed
 SPLIT_SEED = 0
@@ -164,7 +165,8 @@ def per_finding(finished: dict[tuple[str, str], Result], section: str, n_boot: i
     arms = {arm: result for (part, arm), result in finished.items() if part == section}
     tables = {arm: auroc_table(result, FINDINGS, n_boot) for arm, result in arms.items() if
               result.config["run"]["findings"] == FINDINGS}
-    return pd.DataFrame({arm: table["auroc"] for arm, table in tables.items()}).astype(float).dropna()
+    table = pd.DataFrame({arm: table["auroc"] for arm, table in tables.items()}).astype(float).dropna()
+    return table.drop(index=MEAN_ROW, errors="ignore")  # findings only: the mean over them is not one of them
 
 
 def resolution_table(finished: dict[tuple[str, str], Result], n_boot: int) -> pd.DataFrame:
@@ -201,3 +203,42 @@ def metadata_only_auroc(finished: dict[tuple[str, str], Result]) -> pd.Series:
     scored = scored_findings(predictions, FINDINGS)
     return auroc_per_class(predictions[scored].to_numpy(), predictions[[score_column(f) for f in scored]].to_numpy(),
                            names=scored)
+
+
+def difference_reading(difference: float, half: float) -> str:
+    """A difference of two models' mean test AUROC against half a 95 % interval: what this run can see of it."""
+    if abs(difference) < half:
+        return "within half an interval: not separable from the test set's noise"
+    return f"more than half an interval {'better' if difference > 0 else 'worse'}"
+
+
+def direction_reading(difference: float, reported: float, half: float) -> str:
+    """Whether this run's difference goes the paper's way, said only of a difference beyond half an interval."""
+    if abs(difference) < half:
+        return "so its sign says nothing of the paper's direction"
+    return "the paper's direction" if (difference > 0) == (reported > 0) else "against the paper's direction"
+
+
+def _its(names: list[str], singular: str, plural: str) -> str:
+    """"its interval reaches" or "their intervals reach", by the number of names."""
+    return f"its interval {singular}" if len(names) == 1 else f"their intervals {plural}"
+
+
+def below_chance_reading(table: pd.DataFrame, limit: float = WELL_BELOW_CHANCE) -> str:
+    """The findings of the metadata-only model's `auroc_table` whose AUROC lies below `limit` (well under chance), with
+    their positives and intervals, what that means, and the mean without them; "" where there are none."""
+    findings = table.drop(index=MEAN_ROW, errors="ignore")
+    low = findings[findings["auroc"] < limit]
+    if low.empty:
+        return ""
+    listed = ", ".join(f"{name} {row['auroc']:.3f} ({row['low']:.3f}-{row['high']:.3f}, {int(row['n_pos'])} test "
+                       "positives)" for name, row in low.iterrows())
+    reaching, below = low.index[low["high"] >= 0.5].tolist(), low.index[low["high"] < 0.5].tolist()
+    chance = (f" {' and '.join(reaching)}: {_its(reaching, 'reaches', 'reach')} 0.5, and with so few positives "
+              "chance alone can do that." if reaching else "") + (
+        f" {' and '.join(below)}: {_its(below, 'lies', 'lie')} wholly below 0.5, so the sampling of the test "
+        "patients alone does not explain it: the link differs between the training and the test patients."
+        if below else "")
+    return (f"Well below 0.5: {listed}. Below 0.5 a model ranks the films backwards: the link between the patient data "
+            "and the finding that it learned on the training films runs the other way on these test films." + chance
+            + f" Without them the mean over the findings would be {findings['auroc'].drop(low.index).mean():.3f}.")

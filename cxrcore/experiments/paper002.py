@@ -32,7 +32,8 @@ from cxrcore.experiments.tables import (
     result_row,
     scored_findings,
 )
-from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
+from cxrcore.manifest import assert_patient_disjoint, load_manifest, write_derived_manifest
+from cxrcore.metrics import aggregate, bootstrap_mean_difference, score_column
 from cxrcore.presets import profile_preset
 from cxrcore.runner import Result, predict_split, run
 from cxrcore.settings import Settings, quick_sized
@@ -201,6 +202,38 @@ def study_means(result: Result, n_boot: int) -> dict[str, float]:
     return {f"study_mean_auroc_{how}": predictions_auroc_table(result.predictions, FINDINGS, n_boot, level="study",
                                                                how=how).loc["Mean", "auroc"]
             for how in ("max", "mean")}
+
+
+def paired_difference(a: Result, b: Result, n_boot: int, level: str = "image", how: str = "mean"
+                      ) -> dict[str, float]:
+    """Run a minus run b in mean test AUROC (the findings with enough positive test images), per image or per study
+    (each study's views joined by `how`), with the paired patient-bootstrap 95 % interval: both runs scored on the
+    same resampled patients in every draw."""
+    x, y = a.predictions, b.predictions
+    if not x["path"].equals(y["path"]):
+        raise ValueError(f"runs {a.key} and {b.key} were not tested on the same images")
+    scored = scored_findings(x, FINDINGS)
+    if level == "study":
+        x, y = (aggregate(t, "study_id", how, scored) for t in (x, y))
+    elif level != "image":
+        raise ValueError(f"level must be image|study, got {level!r}")
+    labels = x[scored]
+    result = bootstrap_mean_difference(labels.fillna(0).to_numpy(), x[[score_column(f) for f in scored]].to_numpy(),
+                                       y[[score_column(f) for f in scored]].to_numpy(), x["patient_id"].to_numpy(),
+                                       n_boot=n_boot, mask=labels.notna().to_numpy())
+    return {"difference": result["difference"], "low": result["low"], "high": result["high"]}
+
+
+def training_labels(result: Result) -> pd.DataFrame:
+    """Per finding, the run's training labels by class (negative, positive, uncertain; a finding not mentioned is
+    negative, as every policy reads it), the uncertain share, and paper 002's U-MultiClass class weights
+    (all labels / the class's count: `cxrcore.losses.multiclass_weights`)."""
+    manifest = load_manifest(result.config["run"]["manifest"])
+    train = manifest.loc[manifest["split"] == "train", FINDINGS].fillna(0)
+    counts = pd.DataFrame({"negative": (train == 0).sum(), "positive": (train == 1).sum(),
+                           "uncertain": (train == -1).sum()})
+    weights = counts.rdiv(counts.sum(axis=1), axis=0).where(counts > 0, 0.0).add_prefix("weight, ")
+    return counts.assign(**{"uncertain share": counts["uncertain"] / len(train)}).join(weights)
 
 
 def results(settings: Settings) -> pd.DataFrame:

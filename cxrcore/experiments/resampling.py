@@ -12,9 +12,15 @@ from pathlib import Path
 import pandas as pd
 
 from cxrcore.experiments import paper001
-from cxrcore.experiments.tables import auroc_table, bootstrap_draws, results_table, scored_findings
+from cxrcore.experiments.tables import (
+    auroc_table,
+    bootstrap_draws,
+    predictions_auroc_table,
+    results_table,
+    scored_findings,
+)
 from cxrcore.manifest import write_derived_manifest
-from cxrcore.metrics import auroc_per_class, fold_summary, score_column
+from cxrcore.metrics import MEAN_ROW, auroc_per_class, fold_summary, score_column
 from cxrcore.runner import Result, run
 from cxrcore.settings import Settings
 from data_prep.manifests import read_nih
@@ -57,19 +63,54 @@ def results(settings: Settings) -> pd.DataFrame:
     return results_table(NAME, paper001.BASE, runs(settings), paper001.FINDINGS, bootstrap_draws(settings))
 
 
+def common_findings(finished: dict[str, Result]) -> list[str]:
+    """The findings with enough test positives in every resampling: the ones every fold mean averages over."""
+    predictions = [result.predictions for result in finished.values()]
+    return [f for f in paper001.FINDINGS if all(f in scored_findings(p, paper001.FINDINGS) for p in predictions)]
+
+
 def fold_table(finished: dict[str, Result]) -> pd.DataFrame:
     """Long table (fold, finding, auroc): each resampling's test AUROC per finding with enough test positives in
-    every resampling, and their mean ("Mean")."""
-    predictions = {fold: result.predictions for fold, result in finished.items()}
-    common = [f for f in paper001.FINDINGS if all(f in scored_findings(p, paper001.FINDINGS)
-                                                  for p in predictions.values())]
+    every resampling (`common_findings`), and their mean ("Mean")."""
+    common = common_findings(finished)
     rows = []
-    for fold, table in predictions.items():
+    for fold, result in finished.items():
+        table = result.predictions
         aurocs = auroc_per_class(table[common].to_numpy(), table[[score_column(f) for f in common]].to_numpy(),
                                  names=common)
         rows += [{"fold": fold, "finding": finding, "auroc": value} for finding, value in aurocs.items()]
-        rows.append({"fold": fold, "finding": "Mean", "auroc": float(aurocs.mean())})
+        rows.append({"fold": fold, "finding": MEAN_ROW, "auroc": float(aurocs.mean())})
     return pd.DataFrame(rows)
+
+
+def fold_means(finished: dict[str, Result], n_boot: int) -> pd.DataFrame:
+    """Per resampling: the mean test AUROC over `common_findings` (`fold_table`'s "Mean") with its 95 %
+    patient-bootstrap interval (auroc, low, high)."""
+    common = common_findings(finished)
+    rows = {fold: predictions_auroc_table(result.predictions, common, n_boot).loc[MEAN_ROW, ["auroc", "low", "high"]]
+            for fold, result in finished.items()}
+    return pd.DataFrame(rows).T.astype(float)
+
+
+def _and(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def learned_reading(means: pd.DataFrame, learned: float = paper001.LEARNED_AUROC) -> str:
+    """Which resamplings' mean test AUROC (`fold_means`) reaches `learned` (the chapter's line for a network that
+    learned), and which reach 0.5 with their intervals."""
+    up, chance = means.index[means["auroc"] >= learned].tolist(), means.index[means["low"] <= 0.5].tolist()
+    at_chance = (f"On {_and(chance)} the mean interval reaches 0.5 (chance). " if chance else
+                 "Every resampling's mean interval lies above 0.5. ")
+    if len(up) == len(means):
+        return at_chance + f"Every split reaches {learned}, this chapter's line for a network that learned."
+    if not up:
+        return at_chance + (f"No split reaches {learned}, this chapter's line for a network that learned: on every "
+                            "split the recipe has barely started.")
+    return at_chance + (f"Only {_and(up)} reach{'es' if len(up) == 1 else ''} {learned}, this chapter's line "
+                        "for a network that learned: the same recipe on as many films learned on some splits and "
+                        "barely started on the others.")
 
 
 def summary(finished: dict[str, Result]) -> pd.DataFrame:
@@ -77,13 +118,23 @@ def summary(finished: dict[str, Result]) -> pd.DataFrame:
     return fold_summary(fold_table(finished))
 
 
+def sd_kinds(table: pd.DataFrame) -> pd.Series:
+    """Two spreads from a `summary`: the SD of the mean AUROC across the resamplings, and the mean of the per-finding
+    SDs (what paper 001's Table 3 gives in its "Average" row)."""
+    return pd.Series({"SD of the mean AUROC": float(table.loc[MEAN_ROW, "std"]),
+                      "mean of the per-finding SDs": float(table["std"].drop(MEAN_ROW).mean())})
+
+
 def spread_against_differences(models: dict[tuple[str, str], Result], folds: dict[str, Result],
                                n_boot: int) -> pd.DataFrame:
     """Each paper001 comparison's difference of mean test AUROC (arm minus ResNet-50, official split) beside the
-    resamplings' spread of ResNet-50's mean AUROC (SD and max - min), and whether the difference lies within it."""
-    means = {arm: auroc_table(result, paper001.FINDINGS, n_boot).loc["Mean", "auroc"]
+    resamplings' spread of ResNet-50's mean AUROC (SD and max - min), and whether the difference lies within it;
+    the models' means are over the same findings as the resamplings' (`common_findings`)."""
+    common = common_findings(folds)
+    means = {arm: auroc_table(result, common, n_boot).loc[MEAN_ROW, "auroc"]
              for (_, arm), result in paper001.finding_runs(models).items()}
-    spread = fold_table(folds).query("finding == 'Mean'")["auroc"]
+    folded = fold_table(folds)
+    spread = folded.loc[folded["finding"] == MEAN_ROW, "auroc"]
     width = float(spread.max() - spread.min())
     table = pd.DataFrame({"difference": {f"{arm} - {paper001.BASE}": value - means[paper001.BASE]
                                          for arm, value in means.items() if arm != paper001.BASE}})

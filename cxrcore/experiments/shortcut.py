@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from cxrcore.cam import class_activation_map, gradcam
 from cxrcore.experiments import paper001
@@ -32,7 +34,7 @@ from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
 from cxrcore.experiments.tables import bootstrap_draws, bootstrap_mean_interval, results_table
 from cxrcore.manifest import load_manifest, write_derived_manifest
-from cxrcore.metrics import bootstrap_auroc_ci, delong_test, score_column
+from cxrcore.metrics import bootstrap_auroc_ci, delong_test, resample_patients, score_column
 from cxrcore.runner import Result, run
 from cxrcore.settings import Settings, quick_sized
 from data_prep.synth.write import COUNTERFACTUALS
@@ -46,6 +48,8 @@ GROUPS = ("positives with a drain", "positives without a drain", "all positives"
 MAX_MAP_IMAGES = 24
 ALPHA = 0.05  # the significance level of the paired comparison of the twin with the published-style model
 QUICK_EPOCHS = 10  # both models' epochs in the quick profile, on every training film (paper001's runs train 5)
+DIFFERENCE = "published minus twin"  # the row of `drain_comparison` that is the part learned from the labels
+LOGIT_CLIP = 1e-6  # scores are probabilities: clipped before the logit so that a saturated score stays finite
 
 
 def has_counterfactuals(data_root: Path) -> bool:
@@ -168,8 +172,11 @@ def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.
     return pd.DataFrame(rows).T.astype({"positives": int})
 
 
-def cure_reading(paired: pd.DataFrame, alpha: float = ALPHA) -> str:
-    """What `twin_against_published` says of the cure, in words: which differences this test set can detect."""
+def cure_reading(paired: pd.DataFrame, comparison: pd.DataFrame, split_sd: float, alpha: float = ALPHA,
+                 measure: str = "pneumothorax AUROC") -> str:
+    """What `twin_against_published` says of the cure, in words: which differences this test set can detect, how
+    much of the treated positives' difference is the drain's (`drain_comparison`'s difference of gaps), and the
+    training noise two single-seed runs carry (`split_sd`: the resamplings' SD of `measure`)."""
     treated, untreated, everyone = (paired.loc[group] for group in GROUPS)
     cost, benefit = everyone["difference"], untreated["difference"]
     cost_seen, benefit_seen = everyone["p"] < alpha, untreated["p"] < alpha
@@ -186,12 +193,198 @@ def cure_reading(paired: pd.DataFrame, alpha: float = ALPHA) -> str:
                    "untreated positives is not.")
     else:
         verdict = ("neither difference is one this test set can tell apart. The counterfactual above measures the "
-                   "shortcut; what the cure buys needs more untreated positives than this test split holds.")
-    lost = treated["p"] < alpha and treated["difference"] < 0
-    drain_share = (f" On the positives with a drain the twin scores {-treated['difference']:.3f} lower (p = "
-                   f"{treated['p']:.3f}): about that much of the published-style model's AUROC there came from the "
-                   "drain." if lost else "")
-    return tested + verdict + drain_share
+                   "drain's effect; what the cure buys needs more untreated positives than this test split holds.")
+    drain_part = _drain_part(treated, untreated, comparison.loc[DIFFERENCE])
+    return tested + verdict + drain_part + _noise(cost, split_sd, measure)
+
+
+def _drain_part(treated: pd.Series, untreated: pd.Series, learned: pd.Series) -> str:
+    """The twin's difference on the treated positives beside the untreated ones: the drain's part is the
+    published-style model's lead on the treated beyond its lead on the untreated (its gap minus the twin's), said
+    only where that interval excludes zero."""
+    said = (f" On the positives with a drain the twin scores {treated['difference']:+.3f} against the published-style "
+            f"model, on those without {untreated['difference']:+.3f}. What the drain gave the published-style model "
+            "on the treated positives is its lead there beyond its lead on the untreated ones, its gap minus the "
+            f"twin's: {learned['AUROC gap']:+.3f} ({learned['gap low']:+.3f} to {learned['gap high']:+.3f}). ")
+    if learned["gap low"] > 0:
+        return said + f"About {learned['AUROC gap']:.3f} of its AUROC there came from the drain it learned."
+    weaker = (" The twin is lower with and without a drain alike: a weaker model, not one that lost a shortcut."
+              if treated["difference"] < 0 and untreated["difference"] < 0 else "")
+    return said + "This run cannot tell it from zero." + weaker
+
+
+def _noise(cost: float, split_sd: float, measure: str) -> str:
+    """Both models are single-seed runs: the headline difference beside the split-to-split SD of the same AUROC."""
+    size = "smaller than" if abs(cost) < split_sd else "at least"
+    return (f" Both are single training runs, and DeLong's p covers only the sampling of the test films: the "
+            f"resampling section's split-to-split SD of {measure}, {split_sd:.3f}, is the yardstick for what "
+            f"another training run could move, and the headline difference ({cost:+.3f}) is {size} that.")
+
+
+def headline_reading(paired: pd.DataFrame, comparison: pd.DataFrame, alpha: float = ALPHA) -> str:
+    """Why the shortcut-free model's headline AUROC is lower (or may be), said as "because the test set rewards the
+    shortcut" only where it is lower overall, not lower on the untreated positives, and the published-style model's
+    gap exceeds the twin's (`drain_comparison`: the difference in differences)."""
+    everyone, untreated = paired.loc[GROUPS[2]], paired.loc[GROUPS[1]]
+    general = ("Wherever a test set rewards the shortcut, the shortcut-free model's headline number can come out the "
+               "lower one:")
+    if not (everyone["difference"] < 0 and everyone["p"] < alpha):
+        return general
+    if untreated["difference"] >= 0 and comparison.loc[DIFFERENCE, "gap low"] > 0:
+        return ("Here the shortcut-free model's headline number is the lower one, because the test set still rewards "
+                "the shortcut:")
+    why = ("it is lower on the untreated positives too" if untreated["difference"] < 0 else
+           "its loss on the treated positives cannot be told from its loss on the untreated ones")
+    return (f"Here the shortcut-free model's headline number is the lower one, but {why}, so the test set's reward "
+            "for the shortcut does not explain it. In general, " + general[0].lower() + general[1:])
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    """The logit of probability scores (clipped at LOGIT_CLIP): the score before the sigmoid."""
+    clipped = np.clip(np.asarray(scores, dtype=float), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(clipped / (1 - clipped))
+
+
+def paired_films(finished: dict[str, Result], drains: set[str], settings: Settings) -> pd.DataFrame:
+    """Per labelled pneumothorax test film: path, patient, label, whether it shows a drain, and each model's score
+    on the film ("<model>") and on its drain-free counterfactual ("<model>, drain removed"; the film's own where it
+    has none)."""
+    published = finished[MODELS[0]].predictions
+    films = published.loc[published[FINDING].notna(), ["path", "patient_id", FINDING]].reset_index(drop=True)
+    films["drain"] = films["path"].isin(drains)
+    for name, result in finished.items():
+        scores = result.predictions.set_index("path")[score_column(FINDING)].reindex(films["path"])
+        if scores.isna().any():
+            raise ValueError(f"the {name!r} run has no {FINDING} score for {scores.index[scores.isna()][0]}: the "
+                             "models must be tested on the same films")
+        removed = counterfactual_scores(result, settings)["score without the drain"].reindex(films["path"])
+        films[name] = scores.to_numpy()
+        films[f"{name}, drain removed"] = removed.fillna(scores).to_numpy()
+    return films
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray, chosen: np.ndarray) -> float:
+    """AUROC over the chosen rows (NaN where they hold a single class, as a bootstrap draw may)."""
+    picked = labels[chosen]
+    return float(roc_auc_score(picked, scores[chosen])) if 0 < picked.sum() < len(picked) else float("nan")
+
+
+def _comparison(films: pd.DataFrame) -> pd.DataFrame:
+    """`drain_comparison`'s point values on one set of films (all of them, or one bootstrap draw)."""
+    positive, drain = films[FINDING].to_numpy() == 1, films["drain"].to_numpy()
+    rows = {}
+    for name in MODELS:
+        score, logit = films[name].to_numpy(), _logit(films[name].to_numpy())
+        change = (_logit(films[f"{name}, drain removed"].to_numpy()) - logit)[positive & drain].mean()
+        spread = float(np.std(logit[~positive], ddof=1))
+        rows[name] = {"AUROC gap": _auroc(positive, score, ~positive | drain) - _auroc(positive, score,
+                                                                                          ~positive | ~drain),
+                      "logit change": change, "negatives' logit SD": spread, "effect (SD)": change / spread}
+    table = pd.DataFrame(rows).T
+    table.loc[DIFFERENCE] = table.loc[MODELS[0]] - table.loc[MODELS[1]]
+    table.loc[DIFFERENCE, "negatives' logit SD"] = np.nan  # a difference of spreads means nothing here
+    return table
+
+
+def drain_comparison(films: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Per model, and published minus twin (the part learned from the labels): the pneumothorax AUROC gap (positives
+    with a drain minus those without, each against all negatives), the mean logit change on removing the drain from
+    the positives that show one, the SD of the model's logits on the test negatives, and that change in units of
+    the SD ("effect (SD)", free of each model's base score and spread); gap, logit change and effect with 95 %
+    paired patient-bootstrap intervals (one draw of patients, with all their films, for both models)."""
+    point = _comparison(films)
+    rng = np.random.default_rng(seed)
+    patients = films["patient_id"].to_numpy()
+    measures = ["AUROC gap", "logit change", "effect (SD)"]
+    draws = np.stack([_comparison(films.iloc[resample_patients(patients, rng)])[measures].to_numpy()
+                      for _ in range(n_boot)])
+    low, high = np.nanpercentile(draws, [2.5, 97.5], axis=0)
+    for k, prefix in enumerate(("gap", "logit", "effect")):
+        point[f"{prefix} low"], point[f"{prefix} high"] = low[:, k], high[:, k]
+    return point[["AUROC gap", "gap low", "gap high", "logit change", "logit low", "logit high",
+                  "negatives' logit SD", "effect (SD)", "effect low", "effect high"]]
+
+
+def gap_reading(comparison: pd.DataFrame) -> str:
+    """The twin's AUROC gap beside the published-style model's, and what their difference says of a learned
+    shortcut."""
+    twin, learned = comparison.loc[MODELS[1]], comparison.loc[DIFFERENCE]
+    said = (f"The twin, which never saw a drain in training, shows a gap of {twin['AUROC gap']:+.3f} "
+            f"({twin['gap low']:+.3f} to {twin['gap high']:+.3f}); the published-style model's gap minus the twin's "
+            f"is {learned['AUROC gap']:+.3f} ({learned['gap low']:+.3f} to {learned['gap high']:+.3f}, paired patient "
+            "bootstrap): ")
+    if learned["gap low"] > 0:
+        return said + ("that part of the gap came from training on films where drains went with the pneumothorax "
+                       "label, a shortcut learned from the labels; the twin's gap is what a drain does to a detector "
+                       "that never learned it.")
+    if learned["gap high"] < 0:
+        return said + ("the published-style model's gap is the smaller one, so none of it can be put down to a "
+                       "shortcut learned from the labels.")
+    if twin["gap low"] > 0:
+        return said + ("the two gaps cannot be told apart. A drain lifts the treated positives as far up the ranking "
+                       "of a model that never saw one, so the published-style model's gap shows that drains raise "
+                       "pneumothorax scores, not that it learned them as a shortcut.")
+    return said + "the two gaps cannot be told apart, so neither shows a shortcut learned from the labels."
+
+
+def effect_reading(comparison: pd.DataFrame) -> str:
+    """The drain's counterfactual effect on both models on the logit scale and in units of each model's spread, and
+    how much of the published-style model's effect is learned from the labels (published minus twin)."""
+    published, twin, learned = (comparison.loc[row] for row in (*MODELS, DIFFERENCE))
+    spreads = published["negatives' logit SD"], twin["negatives' logit SD"]
+    said = (f"On the logit scale (the score before the sigmoid, which does not shrink near 0 as probabilities do) "
+            f"removing the drain moves the published-style model by {published['logit change']:+.2f} and the twin by "
+            f"{twin['logit change']:+.2f} (a difference of {learned['logit change']:+.2f}, {learned['logit low']:+.2f} "
+            f"to {learned['logit high']:+.2f}), and the published-style model's scores are spread "
+            f"{spreads[0] / spreads[1]:.1f} times as widely as the twin's (the SD of the logits on the test negatives: "
+            f"{spreads[0]:.2f} against {spreads[1]:.2f}). "
+            f"In units of each model's own spread, the drain's effect is {published['effect (SD)']:+.2f} SD on the "
+            f"published-style model and {twin['effect (SD)']:+.2f} SD on the twin, a difference of "
+            f"{learned['effect (SD)']:+.2f} ({learned['effect low']:+.2f} to {learned['effect high']:+.2f}, paired "
+            "patient bootstrap). ")
+    if learned["effect high"] < 0:
+        share = learned["effect (SD)"] / published["effect (SD)"]
+        return said + (f"About {share:.0%} of the published-style model's drain effect is learned from the labels "
+                       "(published minus twin); the rest, the twin's own effect, is what a drain looks like to a "
+                       "pneumothorax detector that never saw one.")
+    if learned["effect low"] > 0:
+        return said + ("The twin moves further: no part of the drain's effect can be put down to a shortcut learned "
+                       "from the labels.")
+    alike = (" What a drain does to the published-style model's score it does as much to a twin that never saw one: "
+             "to a detector trained on these films, a drain looks like pneumothorax evidence."
+             if twin["effect high"] < 0 else "")
+    return said + ("The interval includes zero: this run finds no part of the drain's effect that was learned from "
+                   "the labels." + alike)
+
+
+def learned_summary(comparison: pd.DataFrame) -> str:
+    """One clause for the chapter's summary: the drain's effect on both models in units of their spread, and whether
+    any of the published-style model's is shown to be learned from the labels."""
+    published, twin, learned = (comparison.loc[row] for row in (*MODELS, DIFFERENCE))
+    said = (f"in units of each model's spread of scores, {published['effect (SD)']:+.2f} SD against "
+            f"{twin['effect (SD)']:+.2f} SD for the twin that never saw a drain: ")
+    if learned["effect high"] < 0:
+        return said + f"about {learned['effect (SD)'] / published['effect (SD)']:.0%} of it learned from the labels"
+    return said + "no part of it shown to be learned from the labels"
+
+
+def drain_rate_prediction(comparison: pd.DataFrame, published: pd.DataFrame) -> str:
+    """What this run's measurements predict for a site with fewer treated pneumothoraces (`published`: the
+    published-style model's `subgroup_table`)."""
+    learned, twin = comparison.loc[DIFFERENCE], comparison.loc[MODELS[1]]
+    headline = (f"the headline pneumothorax AUROC should move towards the untreated positives' (here "
+                f"{published.loc[GROUPS[1], 'auroc']:.3f}), since fewer test positives carry a drain")
+    if learned["gap low"] > 0:
+        return (headline + f"; and the gap between positives with and without a drain should shrink towards the "
+                f"twin's (here {twin['AUROC gap']:+.3f}), the part no label taught, since fewer drains go with the "
+                "label in training.")
+    gap = (f"The gap between positives with and without a drain need not shrink: here the twin, which never saw a "
+           f"drain, shows as large a gap ({twin['AUROC gap']:+.3f}), so what a drain does to the score did not come "
+           "from how often drains went with the label." if twin["gap low"] > 0 else
+           "This run shows no part of the gap between positives with and without a drain learned from the labels, "
+           "so it predicts no change there.")
+    return (headline + ". " + gap + " With a tenth of the positives treated, the treated group holds a handful of "
+            "films: expect a wide interval.")
 
 
 def counterfactual_scores(result: Result, settings: Settings) -> pd.DataFrame:

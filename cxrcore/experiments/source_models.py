@@ -1,8 +1,8 @@
 """Experiment "source-models": each architecture trained from random weights on the ChestX-ray14 site.
 
-The official test list, a patient-wise validation carve-out, its 14 findings, paper 000's recipe. These are the
-pretrained weights of the transfer experiment wherever ImageNet weights are not in the local torch cache (always
-in the quick profile), so both chapters define them here and find them in the same run cache.
+The official test list, a patient-wise validation carve-out, its 14 findings, paper 000's fine-tuning recipe. These
+are the pretrained weights of the transfer experiment wherever ImageNet weights are not in the local torch cache
+(always in the quick profile), so both chapters define them here and find them in the same run cache.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from data_prep.manifests import assign_splits, read_nih
 
 NAME = "source-models"
 SOURCE_FINDINGS = list(NIH_HARMONIZED)
-SOURCE_PRESET = "paper000"  # Bajwa et al. train DenseNet-121 on ChestX-ray14 with this recipe
+# Bajwa et al. (paper 000) start from a published DenseNet-121 already trained on ChestX-ray14 (CheXNet-Keras) and
+# train it further on CheXpert and their hospital site with this recipe; here it trains each source from random weights
+SOURCE_PRESET = "paper000"
 ARMS = ("off-the-shelf", "fine-tuned", "from scratch")
 QUICK_SOURCE_IMAGES = 1600  # training images of a source model in the quick profile (whole patients)
 SPLIT_SEED = 0
@@ -108,7 +110,10 @@ def results(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
-def silent_channels(result: Result, images: int = 64) -> float:
+SILENT_IMAGES = 64  # test images `silent_channels` looks at (one batch through the network)
+
+
+def silent_channels(result: Result, images: int = SILENT_IMAGES) -> float:
     """Share of the last feature maps' channels (what the head reads) that are zero on every one of the first
     `images` test images: units that carry nothing, e.g. ReLUs that died during training."""
     dataset = evaluation_dataset(result, "test")

@@ -108,9 +108,23 @@ def subgroup_aurocs(predictions: pd.DataFrame, manifest: pd.DataFrame, findings:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS), pd.DataFrame(gaps, columns=GAP_COLUMNS)
 
 
+Z_95, Z_80_POWER = 1.96, 0.84  # two-sided 95 % interval; one-sided 80 % power
+
+
+def patients_needed(gap: pd.Series, patients: int) -> tuple[float, float]:
+    """About how many test patients a gap would need, were it the true one, for its interval to exclude zero half the
+    time (the side of the interval that faces zero shrunk to the gap), and 80 % of the time (that times
+    ((1.96 + 0.84) / 1.96)^2): interval widths shrink with the square root of the patients."""
+    if gap["gap"] == 0:
+        return np.inf, np.inf
+    facing_zero = gap["gap"] - gap["ci_low"] if gap["gap"] > 0 else gap["ci_high"] - gap["gap"]
+    even = patients * (facing_zero / abs(gap["gap"])) ** 2
+    return even, even * ((Z_95 + Z_80_POWER) / Z_95) ** 2
+
+
 def gap_reading(gaps: pd.DataFrame, patients: int) -> str:
     """Sentences on which gaps' intervals exclude zero, how wide the intervals are, and, where none excludes it, about
-    how many test patients the largest gap would need (interval widths shrink with the square root of the patients)."""
+    how many test patients the largest gap would need (`patients_needed`)."""
     measured = gaps[gaps["gap"].notna() & gaps["ci_low"].notna()]
     if measured.empty:
         return (f"No split has a finding with at least {MIN_POSITIVES} positives in each of its subgroups on these "
@@ -123,10 +137,13 @@ def gap_reading(gaps: pd.DataFrame, patients: int) -> str:
                           for row in clear.itertuples())
         return f"The interval excludes zero for {named}: a gap this test split can see. The intervals are {width}."
     largest = measured.loc[measured["gap"].abs().idxmax()]
-    half_width = (largest["ci_high"] - largest["ci_low"]) / 2
-    needed = patients * (half_width / abs(largest["gap"])) ** 2 if largest["gap"] != 0 else np.inf
+    even, powered = patients_needed(largest, patients)
+    facing_zero = largest["gap"] - largest["ci_low"] if largest["gap"] > 0 else largest["ci_high"] - largest["gap"]
     return (f"No gap's interval excludes zero: on {patients:,} test patients the intervals are {width}, so this test "
             "split cannot tell these subgroups apart, which is not the same as showing that they are served alike. "
-            f"Were the largest gap, {largest['comparison']} ({largest['gap']:+.3f}), the true one, its interval would "
-            f"exclude zero at about {needed:,.0f} test patients (interval widths shrink with the square root of the "
-            "patients).")
+            f"Were the largest gap, {largest['comparison']} ({largest['gap']:+.3f}), the true one: the side of its "
+            f"interval that faces zero reaches {facing_zero:.3f} from the estimate, and would shrink to the gap itself "
+            f"at about {even:,.0f} test patients, a study that would exclude zero only about half the time; to exclude "
+            f"it 80 % of the time takes about {powered:,.0f} (((1.96 + 0.84) / 1.96)² = "
+            f"{((Z_95 + Z_80_POWER) / Z_95) ** 2:.1f} times as many; interval widths shrink with the square root of "
+            "the patients).")

@@ -14,6 +14,7 @@ from scipy.stats import false_discovery_control
 
 from cxrcore.manifest import load_manifest
 from cxrcore.metrics import (
+    WeightedAUROC,
     delong_test,
     precision_recall_f1,
     resample_patients,
@@ -21,7 +22,7 @@ from cxrcore.metrics import (
     summarize,
     thresholds,
 )
-from cxrcore.presets import QUICK_FIELDS, get_preset
+from cxrcore.presets import QUICK_FIELDS, Preset, get_preset
 from cxrcore.runner import Result, resolved_preset, train_image_count
 from cxrcore.settings import Settings
 
@@ -165,6 +166,59 @@ def f1_by_arm(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return f1.assign(**{"macro F1": f1.mean(axis=1)})
 
 
+def all_positive_f1(truth: pd.DataFrame, findings: Sequence[str]) -> pd.Series:
+    """Per finding, the F1 of calling every counted image positive: 2p / (1 + p), p the share of its counted labels
+    that are positive (precision p, recall 1); the floor a thresholded classifier has to beat."""
+    prevalence = truth[list(findings)].mean()  # NaN labels (not counted) are skipped
+    return (2 * prevalence / (1 + prevalence)).rename("all positive")
+
+
+def called_positive(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], findings: Sequence[str],
+                    cuts: float | Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Arm x finding: how many counted test images each arm calls positive (score at or above its threshold)."""
+    counted = truth[list(findings)].notna()
+    rows = {}
+    for name, table in scores.items():
+        cut = cuts if isinstance(cuts, float | int) else cuts[name]
+        rows[name] = {f: int(((table[score_column(f)] >= (cut if isinstance(cut, float | int) else cut[f]))
+                              & counted[f]).sum()) for f in findings}
+    return pd.DataFrame.from_dict(rows, orient="index")[list(findings)]
+
+
+def patient_bootstrap_pairs(delong: pd.DataFrame, truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame],
+                            patients: Sequence, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """A `pairwise_delong` table with, per row, the paired patient-bootstrap 95 % interval of A - B, its two-sided
+    p value (twice the smaller share of draws on either side of zero, counting the observed difference) and BH q
+    values: unlike DeLong's test, it resamples patients, so the correlation of one patient's films is carried."""
+    patients, rng = np.asarray(patients), np.random.default_rng(seed)
+    weights = [np.bincount(resample_patients(patients, rng), minlength=len(patients)).astype(float)
+               for _ in range(n_boot)]  # the same draws for every row
+    rows = []
+    for a, b, finding in zip(delong["A"], delong["B"], delong["finding"], strict=True):
+        counted = truth[finding].notna().to_numpy()
+        labels = truth.loc[counted, finding].to_numpy()
+        auc_a = WeightedAUROC(labels, scores[a].loc[counted, score_column(finding)].to_numpy())
+        auc_b = WeightedAUROC(labels, scores[b].loc[counted, score_column(finding)].to_numpy())
+        draws = np.array([auc_a(w[counted]) - auc_b(w[counted]) for w in weights])
+        draws = draws[~np.isnan(draws)]
+        below, above = (draws <= 0).sum(), (draws >= 0).sum()
+        p = min(1.0, 2 * (1 + min(below, above)) / (1 + draws.size))
+        low, high = np.percentile(draws, [2.5, 97.5])
+        rows.append({"boot low": low, "boot high": high, "p (patient bootstrap)": p})
+    added = pd.DataFrame(rows, index=delong.index)
+    added["q (patient BH)"] = false_discovery_control(added["p (patient bootstrap)"].to_numpy(), method="bh")
+    return pd.concat([delong, added], axis=1)
+
+
+def bootstrap_cells(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pair x finding table of "difference (interval, p, q)" texts from `patient_bootstrap_pairs`."""
+    text = [f"{d:+.3f} ({lo:+.3f} to {hi:+.3f}, p {p:.3f}, q {q:.3f})" for d, lo, hi, p, q in zip(
+        pairs["A - B"], pairs["boot low"], pairs["boot high"], pairs["p (patient bootstrap)"], pairs["q (patient BH)"],
+        strict=True)]
+    cells = pairs.assign(text=text).pivot(index="pair", columns="finding", values="text")
+    return cells.reindex(pairs["pair"].unique())
+
+
 def gradient_steps(result: Result) -> int:
     """Optimizer steps a run took: its epochs times its batches of training draws per epoch."""
     draws = result.metrics.get("draws_per_epoch", result.metrics["images"]["train"])
@@ -172,29 +226,37 @@ def gradient_steps(result: Result) -> int:
     return len(result.history) * batches
 
 
-def recipe_table(configs: Iterable[dict], all_train_images: int) -> pd.DataFrame:
+def recipe_table(configs: Iterable[dict], all_train_images: int,
+                 reported_images: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Each preset the runs use as its paper reports it beside what these runs train with (the profile's changes),
-    and the training images they train on (`runner.train_image_count`); columns (preset, paper, "reported" |
-    "this run")."""
+    and the training images they train on (`runner.train_image_count`; "(all)" where that is all_train_images);
+    columns (preset, paper, "reported" | "this run"). A value the paper does not report (`Preset.chosen`) reads "not
+    reported (ours: ...)"; the paper's training images are `reported_images[preset name]` where given, else "n/a"."""
     columns: dict[tuple[str, str, str], list] = {}
     images: dict[str, set[int]] = {}
     for config in configs:
         paper, shown = get_preset(config["preset"]), resolved_preset(config)
-        columns[(paper.name, paper.paper, "reported")] = [getattr(paper, f) for f in RECIPE_FIELDS]
+        columns[(paper.name, paper.paper, "reported")] = [_reported(paper, f) for f in RECIPE_FIELDS]
         columns[(paper.name, paper.paper, "this run")] = [getattr(shown, f) for f in RECIPE_FIELDS]
         images.setdefault(paper.name, set()).add(train_image_count(config))
     table = pd.DataFrame(columns, index=list(RECIPE_FIELDS)).astype(str)
-    table.loc["training images"] = [f"{all_train_images:,} (all)" if kind == "reported" else _counts(images[name])
-                                    for name, _, kind in table.columns]
+    table.loc["training images"] = [(reported_images or {}).get(name, "n/a") if kind == "reported" else
+                                    _counts(images[name], all_train_images) for name, _, kind in table.columns]
     return table
 
 
-def _counts(counts: set[int]) -> str:
-    """"600", "97 or 299 or 600", or "504 to 599" for more than three counts."""
+def _reported(preset: Preset, field: str) -> str:
+    """A preset's value as its paper reports it, or "not reported (ours: ...)" for a value the paper leaves out."""
+    value = getattr(preset, field)
+    return f"not reported (ours: {value})" if field in preset.chosen else str(value)
+
+
+def _counts(counts: set[int], all_images: int | None = None) -> str:
+    """"600", "97 or 299 or 600", or "504 to 599" for more than three counts; "1,624 (all)" for all_images."""
     ordered = sorted(counts)
     if len(ordered) > 3:
         return f"{ordered[0]:,} to {ordered[-1]:,}"
-    return " or ".join(f"{n:,}" for n in ordered)
+    return " or ".join(f"{n:,} (all)" if n == all_images else f"{n:,}" for n in ordered)
 
 
 def mean_rows(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -216,10 +278,11 @@ def above_chance(means: pd.DataFrame) -> str:
     return "Mean intervals that lie wholly above 0.5 (chance): " + ", ".join(above) + "."
 
 
-def significant_differences(delong: pd.DataFrame, q: float = 0.05) -> str:
-    """The DeLong rows whose BH q value is below `q`, as "A > B on finding (q = ...)"; "none" if there are none."""
-    significant = delong[delong["q (BH)"] < q]
-    return "; ".join(f"{r['A']} {'>' if r['A - B'] > 0 else '<'} {r['B']} on {r['finding']} (q = {r['q (BH)']:.3f})"
+def significant_differences(delong: pd.DataFrame, q: float = 0.05, column: str = "q (BH)") -> str:
+    """The rows whose q value (`column`: DeLong's BH q, or "q (patient BH)") is below `q`, as "A > B on finding
+    (q = ...)"; "none" if there are none."""
+    significant = delong[delong[column] < q]
+    return "; ".join(f"{r['A']} {'>' if r['A - B'] > 0 else '<'} {r['B']} on {r['finding']} (q = {r[column]:.3f})"
                      for _, r in significant.iterrows()) or "none"
 
 

@@ -1,7 +1,7 @@
 """Experiment "transfer": off-the-shelf, fine-tuned and from-scratch arms on the CheXpert site.
 
 * target: the CheXpert layout's frontal training images split patient-wise 70/10/20 (paper 001's resampling
-  proportions), the five CheXpert competition findings, trained under U-Ones (papers 001 and 003 use U-Ones) and
+  proportions), the five CheXpert competition findings, trained under U-Ones (papers 000 and 003 use U-Ones) and
   scored on the certain labels only (`tables.certain_labels`: an uncertain test label is not counted).
 * arms: off-the-shelf (pretrained backbone frozen, only the head trained, on backbone features computed once:
   `cxrcore.features`), fine-tuned (all layers trained from the pretrained weights), from scratch (random
@@ -27,7 +27,7 @@ from cxrcore.experiments.tables import (
     worse_arm,
 )
 from cxrcore.manifest import assert_patient_disjoint, load_manifest, write_derived_manifest
-from cxrcore.models import imagenet_weights_file
+from cxrcore.models import build_model, imagenet_weights_file
 from cxrcore.runner import Result, predict_split, run
 from cxrcore.settings import Settings, quick_sized
 from data_prep.manifests import read_chexpert
@@ -160,9 +160,20 @@ def cost_table(results: Mapping[str, Result], arms: Mapping[str, tuple[Architect
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def backbone_change(tuned: Result, start: Result, architecture: Architecture) -> float:
+    """How far a run's backbone moved from the weights it started from: the L2 norm of the change of the backbone's
+    trainable weights (those an off-the-shelf arm freezes) over the L2 norm of the starting weights."""
+    frozen = build_model(architecture.arch, len(TARGET_FINDINGS), channels=3, head=architecture.head,
+                         freeze_backbone=True)
+    backbone = {name for name, p in frozen.named_parameters() if not p.requires_grad}
+    after, before = tuned.load_model().state_dict(), start.load_model().state_dict()
+    change = sum(float((after[n] - before[n]).pow(2).sum()) for n in backbone)
+    return (change / sum(float(before[n].pow(2).sum()) for n in backbone)) ** 0.5
+
+
 def off_the_shelf_summary(significant: pd.DataFrame) -> str:
-    """A sentence: how many of the significant DeLong differences involve an off-the-shelf arm, and how many it
-    loses."""
+    """A sentence: how many of the significant per-finding differences (rows of a `pairwise_delong` table, kept by
+    whichever q value the chapter goes by) involve an off-the-shelf arm, and how many it loses."""
     if significant.empty:
         return "No per-finding difference survived the false-discovery control."
     ots = ARM_ABBREVIATIONS["off-the-shelf"]
