@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from cxrcore import make_settings
 from cxrcore.experiments import paper003, source_models
-from cxrcore.experiments.tables import certain_labels, scored_findings
+from cxrcore.experiments.tables import all_positive_f1, certain_labels, scored_findings
 from cxrcore.manifest import copies, load_manifest
 from cxrcore.metrics import AVERAGES, averaged_f1, precision_recall_f1
 from cxrcore.runner import Result, run, run_key, train_image_count
@@ -155,7 +155,7 @@ def test_certain_labels_make_supports_the_manifests_certain_positives(settings, 
     assert report.loc[paper003.FINDINGS, "support"].tolist() == (test[paper003.FINDINGS] == 1).sum().tolist()
     assert result.predictions[paper003.FINDINGS].isna().sum().sum() == (test[paper003.FINDINGS] == -1).sum().sum()
     everything = paper003.f1_report(result, 0.0).loc[paper003.FINDINGS, "f1"].fillna(0)  # every film called positive
-    assert np.allclose(paper003.all_positive_f1(result).fillna(0), everything)
+    assert np.allclose(all_positive_f1(result.predictions, paper003.FINDINGS).fillna(0), everything)
     assert (paper003.called_positive(result, 0.0).dropna() == 1).all()
     assert (paper003.called_positive(result, 1.01).dropna() == 0).all()
 

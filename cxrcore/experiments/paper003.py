@@ -194,13 +194,6 @@ def f1_report(result: Result, cuts: float | pd.Series = 0.5) -> pd.DataFrame:
     return pd.concat([per_finding, averages])
 
 
-def all_positive_f1(result: Result) -> pd.Series:
-    """Per finding, the test F1 of calling every image positive, 2p / (1 + p) for a share p of positives among the
-    counted labels: the trivial baseline any F1 must beat."""
-    share = result.predictions[FINDINGS].mean()
-    return (2 * share / (1 + share)).rename("all positive")
-
-
 def called_positive(result: Result, cuts: float | pd.Series = 0.5) -> pd.Series:
     """Per finding, the share of the test images with a counted label that the cut(s) call positive."""
     truth, scores = result.predictions[FINDINGS], _scores(result.predictions)
