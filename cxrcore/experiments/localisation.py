@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from cxrcore.cam import class_activation_map, energy_inside, gradcam, pointing_game
+from cxrcore.experiments.tables import listed
 from cxrcore.runner import Result, evaluation_dataset
 from data_prep.synth.signs import SIGN_IDS
 
@@ -181,12 +182,6 @@ def pointing_game_caveat(cells: int) -> str:
             "sign?) says nothing about the model at this size.")
 
 
-def _listed(names: Sequence[str]) -> str:
-    """"a", "a and b", "a, b and c"."""
-    names = list(names)
-    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
-
-
 def highest_reading(table: pd.DataFrame, peak: str = "") -> str:
     """Which arm of a `localisation_table` puts the most energy inside the region, named only against the arms whose
     paired interval (on the images both score) lies below it; the others are within noise of it."""
@@ -203,11 +198,11 @@ def highest_reading(table: pd.DataFrame, peak: str = "") -> str:
     if not level:
         return (f"The highest share is {head}, above every other arm's: each paired 95 % interval of the difference "
                 "(over the images both arms score) lies below zero.")
-    within = (f"not set apart from {_listed(f'{name} ({ratio[name]:.2f})' for name in level)} by the paired 95 % "
+    within = (f"not set apart from {listed(f'{name} ({ratio[name]:.2f})' for name in level)} by the paired 95 % "
               "interval of the difference (over the images both arms score)")
     if not below:
         return f"No arm stands out: the highest, {head}, is {within}."
-    return (f"The highest, {head}, is above {_listed(below)} beyond the paired 95 % interval of the difference, but "
+    return (f"The highest, {head}, is above {listed(below)} beyond the paired 95 % interval of the difference, but "
             f"{within}.")
 
 
@@ -221,7 +216,7 @@ def chance_reading(table: pd.DataFrame) -> str:
         return ("Every arm's 95 % interval (images resampled) includes 1: on these images no map is shown to put more "
                 "of its energy inside the region than a map that ignores it.")
     if at_chance:
-        return f"The 95 % intervals (images resampled) of {_listed(at_chance)} include 1, chance."
+        return f"The 95 % intervals (images resampled) of {listed(at_chance)} include 1, chance."
     return "No arm's 95 % interval (images resampled) includes 1, chance."
 
 

@@ -15,6 +15,7 @@ from cxrcore.experiments import paper001
 from cxrcore.experiments.tables import (
     auroc_table,
     bootstrap_draws,
+    listed,
     predictions_auroc_table,
     results_table,
     scored_findings,
@@ -92,23 +93,18 @@ def fold_means(finished: dict[str, Result], n_boot: int) -> pd.DataFrame:
     return pd.DataFrame(rows).T.astype(float)
 
 
-def _and(names: list[str]) -> str:
-    """"a", "a and b", "a, b and c"."""
-    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
 def learned_reading(means: pd.DataFrame, learned: float = paper001.LEARNED_AUROC) -> str:
     """Which resamplings' mean test AUROC (`fold_means`) reaches `learned` (the chapter's line for a network that
     learned), and which reach 0.5 with their intervals."""
     up, chance = means.index[means["auroc"] >= learned].tolist(), means.index[means["low"] <= 0.5].tolist()
-    at_chance = (f"On {_and(chance)} the mean interval reaches 0.5 (chance). " if chance else
+    at_chance = (f"On {listed(chance)} the mean interval reaches 0.5 (chance). " if chance else
                  "Every resampling's mean interval lies above 0.5. ")
     if len(up) == len(means):
         return at_chance + f"Every split reaches {learned}, this chapter's line for a network that learned."
     if not up:
         return at_chance + (f"No split reaches {learned}, this chapter's line for a network that learned: on every "
                             "split the recipe has barely started.")
-    return at_chance + (f"Only {_and(up)} reach{'es' if len(up) == 1 else ''} {learned}, this chapter's line "
+    return at_chance + (f"Only {listed(up)} reach{'es' if len(up) == 1 else ''} {learned}, this chapter's line "
                         "for a network that learned: the same recipe on as many films learned on some splits and "
                         "barely started on the others.")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 from cxrcore.cam import class_activation_map, gradcam
@@ -241,8 +242,7 @@ def headline_reading(paired: pd.DataFrame, comparison: pd.DataFrame, alpha: floa
 
 def _logit(scores: np.ndarray) -> np.ndarray:
     """The logit of probability scores (clipped at LOGIT_CLIP): the score before the sigmoid."""
-    clipped = np.clip(np.asarray(scores, dtype=float), LOGIT_CLIP, 1 - LOGIT_CLIP)
-    return np.log(clipped / (1 - clipped))
+    return logit(np.clip(np.asarray(scores, dtype=float), LOGIT_CLIP, 1 - LOGIT_CLIP))
 
 
 def paired_films(finished: dict[str, Result], drains: set[str], settings: Settings) -> pd.DataFrame:

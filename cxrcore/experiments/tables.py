@@ -226,6 +226,12 @@ def gradient_steps(result: Result) -> int:
     return len(result.history) * batches
 
 
+def listed(names: Iterable[str]) -> str:
+    """"a", "a and b", "a, b and c": names joined for a sentence."""
+    names = list(names)
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
 def recipe_table(configs: Iterable[dict], all_train_images: int,
                  reported_images: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Each preset the runs use as its paper reports it beside what these runs train with (the profile's changes),

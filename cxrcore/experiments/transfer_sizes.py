@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.experiments import source_models, transfer
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, gradient_steps, result_row, scored_findings
+from cxrcore.experiments.tables import (
+    RESULT_COLUMNS,
+    bootstrap_draws,
+    gradient_steps,
+    listed,
+    result_row,
+    scored_findings,
+)
 from cxrcore.metrics import WeightedAUROC, bootstrap_mean_difference, resample_patients, score_column
 from cxrcore.runner import Result
 from cxrcore.settings import Settings
@@ -150,18 +157,13 @@ def differences(sweep: pd.DataFrame) -> pd.DataFrame:
     return sweep.dropna(subset=["difference"]).sort_values("train_images").set_index("train_images")
 
 
-def _listed(items: list[str]) -> str:
-    """"a", "a and b", "a, b and c"."""
-    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
-
-
 def change_reading(change: pd.DataFrame) -> str:
     """Whether the pretrained advantage shrinks from the smallest to the largest size, decided by the paired interval
     of its change (`changes`): "shrinks" only when that interval lies wholly below zero; every change with its
     interval."""
     first = next(change.itertuples())  # the smallest size against the largest
-    listed = "; ".join(f"from {row.smaller:,} to {row.larger:,} images {row.change:+.3f} ({row.change_low:+.3f} to "
-                       f"{row.change_high:+.3f})" for row in change.itertuples())
+    per_size = "; ".join(f"from {row.smaller:,} to {row.larger:,} images {row.change:+.3f} ({row.change_low:+.3f} to "
+                   f"{row.change_high:+.3f})" for row in change.itertuples())
     if first.change_high < 0:
         verdict = (f"shrinks from {first.smaller:,} to {first.larger:,} training images: the paired interval of the "
                    "change lies wholly below zero")
@@ -173,10 +175,10 @@ def change_reading(change: pd.DataFrame) -> str:
                    "interval of the change reaches both sides of zero, so this sweep cannot tell")
     later = [row for row in change.itertuples()][1:]
     unsure = [f"{row.smaller:,}" for row in later if row.change_low <= 0 <= row.change_high]
-    where = (f" From {_listed(unsure)} training images on, the change's interval reaches both sides of zero: whatever "
+    where = (f" From {listed(unsure)} training images on, the change's interval reaches both sides of zero: whatever "
              "shrinking this sweep shows lies between its smallest sizes." if first.change_high < 0 and unsure else "")
     return (f"{verdict}. The change in the difference, larger size minus smaller, with paired 95 % intervals: "
-            f"{listed}.{where}")
+            f"{per_size}.{where}")
 
 
 def describe(sweep: pd.DataFrame, change: pd.DataFrame) -> dict[str, str]:
@@ -188,10 +190,10 @@ def describe(sweep: pd.DataFrame, change: pd.DataFrame) -> dict[str, str]:
     if len(clear) == len(gaps):
         clear_text = "The interval lies wholly above zero at every size"
     elif clear:
-        clear_text = f"The interval lies wholly above zero at {_listed(clear)} training images"
+        clear_text = f"The interval lies wholly above zero at {listed(clear)} training images"
     else:
         clear_text = "No interval lies wholly above zero"
-    return {"ts_sizes": _listed(sizes),
+    return {"ts_sizes": listed(sizes),
             "ts_gaps": "; ".join(f"{n:,} images {row.difference:+.3f} ({row.difference_low:+.3f} to "
                                  f"{row.difference_high:+.3f})" for n, row in gaps.iterrows()),
             "ts_clear": clear_text, "ts_trend": change_reading(change) + _chance_note(sweep)}
@@ -203,7 +205,7 @@ def _chance_note(sweep: pd.DataFrame) -> str:
     at_chance = scratch[(scratch["ci_low"] <= 0.5) & (scratch["ci_high"] >= 0.5)]
     if at_chance.empty:
         return ""
-    named = _listed([f"{row.train_images:,} images ({row.mean_auroc:.3f}, {row.ci_low:.3f}-{row.ci_high:.3f})"
+    named = listed([f"{row.train_images:,} images ({row.mean_auroc:.3f}, {row.ci_low:.3f}-{row.ci_high:.3f})"
                      for row in at_chance.itertuples()])
     return (f" At {named} the from-scratch arm's own interval includes 0.5: there it has not learned yet, and the "
             "difference there measures the pretrained arm against chance.")
