@@ -11,7 +11,7 @@ counted) and one score column per finding named `score_column(finding)` ("<findi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +36,7 @@ __all__ = [
     "fold_summary",
     "mae",
     "paired_tests",
+    "patient_weights",
     "precision_recall_f1",
     "predictions_frame",
     "resample_patients",
@@ -148,7 +149,7 @@ def auroc_per_class(
 
 class WeightedAUROC:
     """AUROC of one class under per-image integer weights (= AUROC of the data with rows repeated), O(N) per call:
-    a patient bootstrap's draw is the weights `np.bincount(resample_patients(groups, rng), minlength=N)`."""
+    a patient bootstrap's draw is one of `patient_weights(groups, n_boot, seed)`."""
 
     def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
         self.positive = labels.astype(float)
@@ -178,6 +179,14 @@ def resample_patients(groups: ArrayLike, rng: np.random.Generator) -> np.ndarray
     return order[np.repeat(starts[drawn], counts) + offsets]
 
 
+def patient_weights(groups: ArrayLike, n_boot: int, rng: np.random.Generator | int = 0) -> Iterator[np.ndarray]:
+    """n_boot patient-bootstrap draws, each as (N,) image weights: how often `resample_patients` drew each image;
+    rng is a seed, or a Generator to continue (the draws of one seed are the same wherever they are taken)."""
+    rng, size = np.random.default_rng(rng), len(groups)  # default_rng returns a Generator unchanged
+    for _ in range(n_boot):
+        yield np.bincount(resample_patients(groups, rng), minlength=size).astype(float)
+
+
 def bootstrap_auroc_ci(
     y_true: ArrayLike,
     y_score: ArrayLike,
@@ -203,10 +212,8 @@ def bootstrap_auroc_ci(
         raise ValueError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={alpha}, n_boot={n_boot}")
     point = auroc_per_class(labels, scores, counted, class_names).to_numpy()
     aucs = [WeightedAUROC(labels[counted[:, k], k], scores[counted[:, k], k]) for k in range(len(class_names))]
-    rng = np.random.default_rng(seed)
     draws = np.full((n_boot, len(class_names)), np.nan)
-    for b in range(n_boot):
-        weights = np.bincount(resample_patients(groups, rng), minlength=labels.shape[0]).astype(float)
+    for b, weights in enumerate(patient_weights(groups, n_boot, seed)):
         for k, auc in enumerate(aucs):
             if not np.isnan(point[k]):
                 draws[b, k] = auc(weights[counted[:, k]])
@@ -261,11 +268,9 @@ def bootstrap_mean_difference(
         values = [(a(weights[c]), b(weights[c])) for (a, b), c in zip(pairs, columns, strict=True)]
         return float(np.nanmean([a - b for a, b in values]))
 
-    rng = np.random.default_rng(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a draw where no class is defined gives NaN
-        draws = np.array([mean_difference(np.bincount(resample_patients(groups, rng), minlength=labels.shape[0])
-                                          .astype(float)) for _ in range(n_boot)])
+        draws = np.array([mean_difference(weights) for weights in patient_weights(groups, n_boot, seed)])
     draws = draws[~np.isnan(draws)]
     low, high = np.percentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"difference": mean_difference(np.ones(labels.shape[0])), "low": float(low), "high": float(high),

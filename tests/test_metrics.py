@@ -84,6 +84,21 @@ def test_resample_patients_draws_whole_patients():
         assert sum(copies[groups == p][0] for p in np.unique(groups)) == 5  # 5 patients drawn
 
 
+def test_patient_weights_count_the_images_of_each_drawn_patient() -> None:
+    groups = np.array(["p3", "p1", "p3", "p2", "p1", "p3"])  # patients of 2, 1 and 3 images, out of order
+    draws = list(metrics.patient_weights(groups, n_boot=20, rng=7))
+    rng = np.random.default_rng(7)
+    for weights in draws:
+        assert weights.shape == (6,) and weights.dtype == float
+        assert np.array_equal(weights, np.bincount(metrics.resample_patients(groups, rng), minlength=6))
+        for patient in np.unique(groups):
+            assert np.unique(weights[groups == patient]).size == 1, f"{patient} split by the draw"
+        assert sum(weights[groups == p][0] for p in np.unique(groups)) == 3  # 3 patients drawn
+    continued = np.random.default_rng(7)
+    halves = [list(metrics.patient_weights(groups, 10, continued)) for _ in range(2)]
+    assert np.array_equal(np.stack(halves[0] + halves[1]), np.stack(draws))  # a Generator goes on where it stopped
+
+
 def test_bootstrap_draw_equals_auroc_of_the_repeated_rows(scored):
     labels, scores = scored
     groups = np.repeat(np.arange(40), 3)

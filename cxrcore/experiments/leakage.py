@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, certain_labels, result_row, scored_findings
 from cxrcore.manifest import assert_patient_disjoint, write_derived_manifest
-from cxrcore.metrics import WeightedAUROC, resample_patients, score_column
+from cxrcore.metrics import WeightedAUROC, patient_weights, score_column
 from cxrcore.runner import Result, run, training_rows
 from cxrcore.settings import Settings
 from data_prep.manifests import read_chexpert
@@ -106,9 +106,7 @@ def _mean_auroc(predictions: pd.DataFrame, findings: Sequence[str], n_boot: int,
     aucs = [WeightedAUROC(predictions.loc[c, f].to_numpy(), predictions.loc[c, score_column(f)].to_numpy())
             for f, c in zip(findings, counted, strict=True)]
     groups = predictions["patient_id"].to_numpy()
-    weights = [np.ones(len(predictions))]
-    weights += [np.bincount(resample_patients(groups, rng), minlength=len(predictions)).astype(float)
-                for _ in range(n_boot)]
+    weights = [np.ones(len(predictions)), *patient_weights(groups, n_boot, rng)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a draw without both label values of every finding
         return np.array([np.nanmean([auc(w[c]) for auc, c in zip(aucs, counted, strict=True)]) for w in weights])

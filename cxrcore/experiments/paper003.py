@@ -46,7 +46,7 @@ from cxrcore.experiments.tables import (
 )
 from cxrcore.findings import CHEXPERT_FINDINGS
 from cxrcore.manifest import copies, load_manifest, write_derived_manifest
-from cxrcore.metrics import WeightedAUROC, precision_recall_f1, resample_patients, score_column, thresholds
+from cxrcore.metrics import WeightedAUROC, patient_weights, precision_recall_f1, score_column, thresholds
 from cxrcore.models import build_model
 from cxrcore.runner import Result, limit_patients, predict_split, run, training_rows
 from cxrcore.settings import Settings, quick_sized
@@ -364,9 +364,7 @@ def auroc_draws(tables: Sequence[pd.DataFrame], findings: Sequence[str], n_boot:
     paths = tables[0]["path"].to_numpy()
     if any(not np.array_equal(table["path"].to_numpy(), paths) for table in tables[1:]):
         raise ValueError("auroc_draws pairs predictions of the same images in the same order")
-    rng, groups = np.random.default_rng(seed), patients(tables[0])
-    weights = [np.ones(len(paths))] + [np.bincount(resample_patients(groups, rng), minlength=len(paths)).astype(float)
-                                       for _ in range(n_boot)]
+    weights = [np.ones(len(paths)), *patient_weights(patients(tables[0]), n_boot, seed)]
     out = np.full((len(tables), n_boot + 1, len(findings)), np.nan)
     for t, table in enumerate(tables):
         for k, finding in enumerate(findings):

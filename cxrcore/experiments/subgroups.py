@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.experiments.tables import MIN_POSITIVES, scored_findings
-from cxrcore.metrics import WeightedAUROC, resample_patients, score_column
+from cxrcore.metrics import WeightedAUROC, patient_weights, score_column
 
 UNKNOWN = "unknown"
 AGE_BANDS = ("under 40", "40-59", "60 and over")
@@ -90,9 +90,7 @@ def subgroup_aurocs(predictions: pd.DataFrame, manifest: pd.DataFrame, findings:
         return {group: _mean(aurocs[group], weights) for group in groups}
 
     point = means(np.ones(len(predictions)))
-    rng = np.random.default_rng(seed)
-    draws = [means(np.bincount(resample_patients(patients, rng), minlength=len(predictions)).astype(float))
-             for _ in range(n_boot)]
+    draws = [means(weights) for weights in patient_weights(patients, n_boot, seed)]
     rows = []
     for s, v in groups:
         images = int(inside[s, v].sum())

@@ -16,8 +16,8 @@ from cxrcore.manifest import load_manifest
 from cxrcore.metrics import (
     WeightedAUROC,
     delong_test,
+    patient_weights,
     precision_recall_f1,
-    resample_patients,
     score_column,
     summarize,
     thresholds,
@@ -89,10 +89,9 @@ def result_row(experiment: str, model: str, arm: str, result: Result, findings: 
 def bootstrap_mean_interval(values: Sequence[float], groups: Sequence, n_boot: int, seed: int = 0
                             ) -> tuple[float, float]:
     """95 % patient-bootstrap interval of the mean of per-image values (each draw resamples the patients with all
-    their images: `metrics.resample_patients`)."""
-    rng = np.random.default_rng(seed)
-    values, groups = np.asarray(values, dtype=float), np.asarray(groups)
-    draws = [values[resample_patients(groups, rng)].mean() for _ in range(n_boot)]
+    their images: `metrics.patient_weights`)."""
+    values = np.asarray(values, dtype=float)
+    draws = [values @ weights / weights.sum() for weights in patient_weights(np.asarray(groups), n_boot, seed)]
     low, high = np.percentile(draws, [2.5, 97.5])
     return float(low), float(high)
 
@@ -190,9 +189,7 @@ def patient_bootstrap_pairs(delong: pd.DataFrame, truth: pd.DataFrame, scores: M
     """A `pairwise_delong` table with, per row, the paired patient-bootstrap 95 % interval of A - B, its two-sided
     p value (twice the smaller share of draws on either side of zero, counting the observed difference) and BH q
     values: unlike DeLong's test, it resamples patients, so the correlation of one patient's films is carried."""
-    patients, rng = np.asarray(patients), np.random.default_rng(seed)
-    weights = [np.bincount(resample_patients(patients, rng), minlength=len(patients)).astype(float)
-               for _ in range(n_boot)]  # the same draws for every row
+    weights = list(patient_weights(np.asarray(patients), n_boot, seed))  # the same draws for every row
     rows = []
     for a, b, finding in zip(delong["A"], delong["B"], delong["finding"], strict=True):
         counted = truth[finding].notna().to_numpy()

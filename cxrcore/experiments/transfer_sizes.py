@@ -21,7 +21,7 @@ from cxrcore.experiments.tables import (
     result_row,
     scored_findings,
 )
-from cxrcore.metrics import WeightedAUROC, bootstrap_mean_difference, resample_patients, score_column
+from cxrcore.metrics import WeightedAUROC, bootstrap_mean_difference, patient_weights, score_column
 from cxrcore.runner import Result
 from cxrcore.settings import Settings
 
@@ -90,10 +90,7 @@ def gap_change(smaller: tuple[Result, Result], larger: tuple[Result, Result], fi
     def change(weights: np.ndarray) -> float:
         return float(np.nanmean([signs @ np.array([a(weights[rows]) for a in each]) for rows, each in aurocs]))
 
-    rng = np.random.default_rng(seed)
-    patients = first["patient_id"].to_numpy()
-    draws = np.array([change(np.bincount(resample_patients(patients, rng), minlength=len(first)).astype(float))
-                      for _ in range(n_boot)])
+    draws = np.array([change(weights) for weights in patient_weights(first["patient_id"].to_numpy(), n_boot, seed)])
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return {"change": change(np.ones(len(first))), "change_low": float(low), "change_high": float(high)}
 
