@@ -127,6 +127,8 @@ def test_the_resamplings_spread_beside_the_models_differences(settings, model_ru
     assert ((means["low"] <= means["auroc"]) & (means["auroc"] <= means["high"])).all()
     common = resampling.common_findings(folds)
     assert set(folded["finding"]) == {*common, "Mean"}  # one set of findings for every fold's mean
+    rows = resampling.fold_results(folds, n_boot=20)  # the CLI's table: the same means
+    np.testing.assert_allclose(rows["mean_auroc"], means.loc[list(folds), "auroc"])
     kinds = resampling.sd_kinds(summary)
     assert kinds["SD of the mean AUROC"] == summary.loc["Mean", "std"]
     assert kinds["mean of the per-finding SDs"] == pytest.approx(summary.loc[common, "std"].mean())

@@ -60,8 +60,13 @@ def runs(settings: Settings) -> dict[str, Result]:
 
 
 def results(settings: Settings) -> pd.DataFrame:
-    """One row per resampling (RESULT_COLUMNS)."""
-    return results_table(NAME, paper001.BASE, runs(settings), paper001.FINDINGS, bootstrap_draws(settings))
+    """One row per resampling (RESULT_COLUMNS): `fold_results` of the finished runs."""
+    return fold_results(runs(settings), bootstrap_draws(settings))
+
+
+def fold_results(finished: dict[str, Result], n_boot: int) -> pd.DataFrame:
+    """One row per resampling (RESULT_COLUMNS), every mean over the same findings (`common_findings`)."""
+    return results_table(NAME, paper001.BASE, finished, common_findings(finished), n_boot)
 
 
 def common_findings(finished: dict[str, Result]) -> list[str]:
