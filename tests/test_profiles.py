@@ -40,6 +40,13 @@ def test_gpu_profile_keeps_the_papers_input_and_caps_the_epochs(name: str) -> No
     assert profile_preset(name, "quick") == quick_profile_preset(paper) == profile_preset(name, "smoke")
 
 
+def test_every_profile_keeps_the_papers_batch_ratio_for_large() -> None:
+    paper = PRESETS["paper001-large"].batch_size / PRESETS["paper001-scratch"].batch_size  # 8 / 16
+    for profile in ("quick", "gpu", "full"):
+        large, standard = (profile_preset(name, profile).batch_size for name in ("paper001-large", "paper001-scratch"))
+        assert large / standard == paper, profile
+
+
 def test_a_gpu_run_has_its_own_key_and_the_profile_preset(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_chexpert(root, n_train_patients=12)
