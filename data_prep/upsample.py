@@ -56,7 +56,9 @@ def leaky_upsample_then_split(table: pd.DataFrame, findings: Sequence[str], shar
                               max_copies: int = 8) -> pd.DataFrame:
     """WRONG ON PURPOSE: paper 003's published protocol, kept so that the book can measure its leak.
 
-    1. Up-sample every image before any split (`upsample_rare` over the whole table);
+    1. Up-sample every image before any split (`upsample_rare` over the whole table; it counts and repeats the
+       certain positives, label 1, while paper 003's code first set every uncertain label to 1, so it counted and
+       repeated uncertain positives too);
     2. split the copies *by image*, each copy on its own, into `fractions`.
 
     Copies of one image then sit in training and in test, and one patient's images on both sides: the test set

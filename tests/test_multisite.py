@@ -242,3 +242,25 @@ def test_site_shift_compares_unseen_sites_with_the_last_trained_one() -> None:
     assert multisite.unseen_sites("CheXpert-NET") == ["hospital"] and multisite.last_trained_site("CheXpert-NET") == \
         "CheXpert"
     assert multisite.unseen_sites("pooled") == [] and multisite.unseen_sites(BASELINE) == ["CheXpert", "hospital"]
+
+
+def test_label_sentences_follow_the_direction_and_the_q_value() -> None:
+    """The pneumonia lesson, the borrowed scores and the DeLong survivors are read by direction, not only by p."""
+    assert multisite.label_lesson(0.011, 0.71, 0.04).startswith("On pneumonia it did not show")
+    assert multisite.label_lesson(0.08, 0.01, 0.04).startswith("On pneumonia it shows: drawn signs minus keyword "
+                                                                "labels +0.080")
+    assert multisite.label_lesson(-0.08, 0.01, 0.04).startswith("On pneumonia the test shows the opposite")
+    borrowed = pd.DataFrame({"AUROC": [0.80, 0.70, 0.90, 0.85], "p against its own score": [0.5, 0.01, 0.02, np.nan]},
+                            index=["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumonia"])
+    assert "puts Pleural Effusion above it and Cardiomegaly below it" in multisite.borrowed_reading(borrowed,
+                                                                                                    "Pneumonia")
+    below = borrowed.assign(AUROC=[0.80, 0.70, 0.60, 0.85])
+    assert "puts Cardiomegaly and Pleural Effusion below it" in multisite.borrowed_reading(below, "Pneumonia")
+    assert "learned something of its own" in multisite.borrowed_reading(below, "Pneumonia")
+    assert "separates none" in multisite.borrowed_reading(below.assign(**{"p against its own score": 0.5}),
+                                                          "Pneumonia")
+    significant = pd.DataFrame({"model": ["A", "A", "A", "B"], "site": ["x", "y", "z", "x"],
+                                "difference": [0.1, -0.1, -0.2, -0.1]})
+    assert multisite.significant_reading(significant) == ("A better than the baseline in 1 (x), worse in 2 (y, z); "
+                                                          "B better than the baseline in 0, worse in 1 (x)")
+    assert multisite.significant_reading(significant.iloc[:0]) == "none"

@@ -103,6 +103,8 @@ def test_difference_direction_and_below_chance_readings() -> None:
     assert "Cardiomegaly: its interval reaches 0.5" in text and "Pneumonia: its interval lies wholly below" in text
     assert f"would be {0.7:.3f}" in text  # the mean over the other findings, not over the "Mean" row
     assert paper001.below_chance_reading(table.drop(index=["Cardiomegaly", "Pneumonia"])) == ""
+    assert "quick profile" in paper001.profile_note("quick") and "input sides" in paper001.profile_note("gpu")
+    assert paper001.profile_note("full") == ""
 
 
 def test_resamplings_are_five_patient_wise_splits_of_every_image(settings) -> None:
@@ -278,6 +280,12 @@ def test_the_drain_readings_claim_a_learned_shortcut_only_beyond_the_twin() -> N
     assert "no part of it shown" in shortcut.learned_summary(none)
     assert "about 33% of it learned" in shortcut.learned_summary(learned)
     groups = pd.DataFrame({"auroc": [0.9, 0.63, 0.78]}, index=list(shortcut.GROUPS))
+    intervals = pd.DataFrame({"low": [0.8, 0.5, 0.7], "high": [0.95, 0.7, 0.85]}, index=list(shortcut.GROUPS))
+    assert "positives with a drain from the negatives better" in shortcut.subgroup_gap_reading(intervals)
+    assert "the other way round" in shortcut.subgroup_gap_reading(intervals.iloc[[1, 0, 2]].set_axis(intervals.index))
+    assert "overlap: with this many" in shortcut.subgroup_gap_reading(intervals.assign(low=0.6))
+    for low, high, said in ((-0.02, -0.01, "lowers"), (0.01, 0.02, "raises"), (-0.01, 0.01, "includes zero")):
+        assert said in shortcut.counterfactual_reading(pd.Series({"low": low, "high": high}))
     assert "need not shrink" in shortcut.drain_rate_prediction(none, groups)
     assert "should shrink towards the twin's" in shortcut.drain_rate_prediction(learned, groups)
 
@@ -289,4 +297,5 @@ def test_without_counterfactuals_the_lab_says_how_to_make_them(settings, tmp_pat
     with pytest.raises(FileNotFoundError, match="--counterfactual remove=drain"):
         shortcut.counterfactual_paths(root)
     assert shortcut.has_counterfactuals(settings.data_root) and not shortcut.has_counterfactuals(root)
+    assert shortcut.drain_rates(settings.data_root) == shortcut.drain_rates(root)  # the plan's, recorded or not
     assert shortcut.stages(make_settings("full", root, tmp_path / "runs")) == []  # nothing to train there

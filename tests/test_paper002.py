@@ -13,6 +13,7 @@ from PIL import Image
 
 from cxrcore import make_settings
 from cxrcore.experiments import BOOK_EXPERIMENTS, EXPERIMENTS, explore, localisation, paper002, source_models
+from cxrcore.experiments.reported import read_reported
 from cxrcore.manifest import copies, load_manifest
 from cxrcore.metrics import score_column
 from cxrcore.runner import Result, predict_split, run, run_key
@@ -222,3 +223,32 @@ def test_the_cam_explorers_figure_shows_the_label_score_and_map_of_a_test_image(
     box = explore.cam_explorer({"tiny": result}, paper002.FINDINGS, n_images=3)
     assert box.children[1].children[1].max == 2  # the image slider spans the first three test images
     matplotlib.pyplot.close("all")
+
+
+def test_views_verdict_names_where_the_laterals_helped_were_not_shown_or_hurt() -> None:
+    above, zero, below = {"low": 0.01, "high": 0.05}, {"low": -0.02, "high": 0.03}, {"low": -0.06, "high": -0.01}
+    assert paper002.views_verdict({"a": above, "b": above}).startswith("Both per-image paired intervals lie above")
+    verdict = paper002.views_verdict({"a": zero, "b": below})
+    assert "against a the interval includes zero: there the lateral views' help is not shown" in verdict
+    assert "against b the interval lies wholly below zero: there the lateral views hurt" in verdict
+    assert "helped" not in verdict
+    assert paper002.sections_named(["uncertainty", "views", "views"]) == "lateral views and uncertain labels"
+
+
+def test_reported_views_drop_reads_both_the_printed_and_the_listed_mean() -> None:
+    reported = read_reported(Path(__file__).resolve().parents[1] / "book" / "reported.csv")
+    words = paper002.reported_views_drop(reported)
+    assert words["r002_views_change"].startswith("lowered it by 0.0369, from 0.8236 to 0.7867 as printed; but the 13 "
+                                                 "per-finding values its Table 2 lists average 0.8075")
+    assert "the paper's own figure" in words["r002_views_change"]
+    assert words["r002_views_gap_no_lesion"] == "+0.0091"
+    assert words["r002_lesion_reading"].startswith("Whether most of the difference comes from that one finding "
+                                                   "depends on which mean is right")
+    assert "by the printed mean most of it comes from Lung Lesion" in words["r002_lesion_reading"]
+    printed = (reported["source"] == "Table 2") & (reported["finding"] == "Mean") & (reported["paper"] == "002")
+    fixed = reported.copy()
+    fixed.loc[printed, "value"] = 0.8075  # a table whose printed mean is its values' mean
+    words = paper002.reported_views_drop(fixed)
+    assert words["r002_views_change"] == "lowered it by 0.0161, from 0.8236 to 0.8075 as printed"
+    assert words["r002_lesion_reading"] == ("Set against the difference with it, most of the difference stays "
+                                            "without that finding.")

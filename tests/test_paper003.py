@@ -231,3 +231,30 @@ def test_readings_follow_their_numbers() -> None:
                                         "up-sampling": {"value": 0.0, "low": -0.02, "high": 0.02}})
     assert "pos_weight changed the macro F1 at 0.5 by +0.08" in remedies and ": lower)" in remedies
     assert "up-sampling changed the macro F1 at 0.5 by 0.00" in remedies and ": within noise)" in remedies
+
+
+def test_threshold_and_calibration_readings_cover_ties_and_no_gain() -> None:
+    assert "neither" in paper003.threshold_reading(0.004, -0.02)
+    assert "same amount" in paper003.threshold_reading(0.101, 0.099)
+    assert paper003.threshold_reading(0.12, 0.0).startswith("choosing each finding's threshold")
+    assert paper003.threshold_reading(0.0, 0.12).startswith("up-sampling lifts")
+    verdict = paper003.calibration_verdict({"nothing": 0.101, "pos_weight": 0.215, "up-sampling": 0.104})
+    assert "pos_weight's scores should not be read as probabilities" in verdict and "2.1 times" in verdict
+    assert "up-sampling's scores are about as calibrated as the plain model's" in verdict
+    assert "better calibrated" in paper003.calibration_verdict({"nothing": 0.2, "pos_weight": 0.1})
+
+
+def test_training_images_name_the_runs_that_train_on_other_images(settings) -> None:
+    configs = paper003.configs(settings)
+    trained = paper003.training_images(configs)
+    assert set(trained) == set(configs)
+    common = trained[("imbalance", "nothing")]
+    assert trained[("imbalance", "up-sampling")] == trained[("bases", "ResNet-50, frozen")] == common  # copies once
+    assert trained[("bases", "VGG-16, full")] < common  # the quick profile's share for VGG-16
+    reading = paper003.training_reading(trained)
+    assert f"the same {common:,} training images" in reading and "VGG-16 runs" in reading
+    assert f"{trained[('leak', 'leaky protocol')]:,} distinct images" in reading
+    rows = pd.DataFrame({"ci_low": [0.40, 0.45], "ci_high": [0.48, 0.52]}, index=["VGG-16 frozen", "VGG-16 full"])
+    assert "source model" in paper003.vgg_reading(rows, 10, 80, from_source=True)
+    assert "source model" not in paper003.vgg_reading(rows, 80, 80, from_source=False)
+    assert "less data" in paper003.vgg_reading(rows, 10, 80, from_source=False)

@@ -236,6 +236,13 @@ def test_size_sweep_in_words() -> None:
     assert "from 300 to 600 images -0.030 (-0.080 to +0.020)" in words["ts_trend"]
     assert "From 300 training images on, the change's interval reaches both sides of zero" in words["ts_trend"]
     assert "At 100 images (0.480, 0.450-0.520) the from-scratch arm's own interval includes 0.5" in words["ts_trend"]
+    three = pd.DataFrame({"smaller": [1_000, 10_000, 50_000], "larger": [200_000] * 3, "change": [-0.07, -0.03, -0.02],
+                          "change_low": [-0.12, -0.08, -0.05], "change_high": [-0.02, 0.02, 0.01]})
+    assert "From 10,000 training images on, the change's interval" in transfer_sizes.change_reading(three)
+    three["change_high"] = [-0.02, 0.02, -0.01]  # an unsure size followed by a sure one
+    reading = transfer_sizes.change_reading(three)
+    assert "From 10,000 training images to 200,000, the change's interval reaches both sides of zero." in reading
+    assert " on, " not in reading
     change["change_high"] = [0.01, 0.02]  # the smallest size's interval now reaches above zero
     assert transfer_sizes.change_reading(change).startswith(
         "may shrink or grow from 100 to 600 training images: the paired interval of the change reaches both sides of "

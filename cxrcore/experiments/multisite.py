@@ -12,8 +12,9 @@ every site without retraining.
   keyword labeler, split patient-wise; its test labels are the drawn signs on a synthetic site, else the keyword
   labeler's).
 * the matrix: every model on every site's test split (`cxrcore.experiments.evaluation.evaluate`: inference only,
-  cached), per finding and the mean, with patient-bootstrap intervals; paper 000's paired t-test and Wilcoxon
-  test over the finding x site cells, and DeLong per finding with Benjamini-Hochberg.
+  cached), per finding and the mean, with patient-bootstrap intervals; a paired t-test and Wilcoxon signed-rank test
+  over the finding x site cells (one-sided, they reproduce paper 000's p-values), and DeLong per finding with
+  Benjamini-Hochberg.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from cxrcore.experiments.localisation import (
     sign_masks,
 )
 from cxrcore.experiments.source_models import ARCHITECTURES
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, predictions_auroc_table, scored_findings
+from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, listed, predictions_auroc_table, scored_findings
 from cxrcore.findings import NIH_HARMONIZED, PAPER000_FINDINGS
 from cxrcore.manifest import REQUIRED_COLUMNS, load_manifest, write_derived_manifest
 from cxrcore.metrics import bootstrap_mean_difference, delong_test, paired_tests, score_column
@@ -373,6 +374,20 @@ def label_reading(row: Mapping[str, float]) -> str:
     return "The paired interval includes zero: at this test size the labels' cost does not show beyond chance."
 
 
+def label_lesson(difference: float, q: float, recall: float) -> str:
+    """Whether DeLong's test on pneumonia (drawn-sign labels minus keyword labels: difference, BH q) shows the cost
+    of the keyword labels' pneumonia recall, shows the opposite, or shows nothing."""
+    numbers = f"drawn signs minus keyword labels {difference:+.3f} (q {q:.2f})"
+    if q >= 0.05:
+        return f"On pneumonia it did not show: {numbers}, although the keyword labels' recall on pneumonia was " \
+               f"{recall:.2f}."
+    if difference > 0:
+        return f"On pneumonia it shows: {numbers}, the cost of the keyword labels' recall of {recall:.2f} on " \
+               "pneumonia."
+    return f"On pneumonia the test shows the opposite: {numbers}, the keyword labels better although their recall " \
+           f"on pneumonia was {recall:.2f}."
+
+
 def chain_reading(row: Mapping[str, float], best: str) -> str:
     """What the chain's last stage minus the NIH baseline, over every finding x site cell, says beside the paper."""
     text = {"higher": "the chain beat the baseline, its paired interval above zero, as in the paper",
@@ -397,6 +412,45 @@ def borrowed_scores(table: pd.DataFrame, finding: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("score")
 
 
+def borrowed_reading(borrowed: pd.DataFrame, finding: str) -> str:
+    """What `borrowed_scores` says about a finding's output trained on the keyword labels: whether the other
+    findings' scores rank its test images as well as its own score, worse (DeLong p < 0.05) or better."""
+    own = borrowed.loc[finding, "AUROC"]
+    others = borrowed.drop(index=finding)
+    text = (f"the other findings' scores rank the {finding.lower()} test images at "
+            + ", ".join(f"{name} {auc:.3f}" for name, auc in others["AUROC"].items())
+            + f", against {own:.3f} for its own score, and DeLong's test ")
+    p = others["p against its own score"]
+    below = others[(p < 0.05) & (others["AUROC"] < own)].index.tolist()
+    above = others[(p < 0.05) & (others["AUROC"] > own)].index.tolist()
+    pairs = ", ".join(f"{name} p {value:.2f}" for name, value in p.items())
+    if not below and not above:
+        return text + (f"separates none of them from it ({pairs}): what this {finding.lower()} output ranks is "
+                       "mostly what every finding's output ranks, an abnormal film, which the keyword labels teach "
+                       "through the other findings' labels too")
+    if not above:
+        return text + (f"puts {listed(below)} below it ({pairs}): the {finding.lower()} output has learned something "
+                       "of its own, and the keyword labels did not stop it")
+    return text + (f"puts {listed(above)} above it" + (f" and {listed(below)} below it" if below else "")
+                   + f" ({pairs}): another finding's output ranks these images better than the {finding.lower()} "
+                   f"output itself, so the keyword labels taught it less about {finding.lower()} than the other "
+                   "findings' labels taught about an abnormal film")
+
+
+def significant_reading(significant: pd.DataFrame) -> str:
+    """Per model, how many of the DeLong tests that survive BH (rows of `delong_table`) find it better than the
+    baseline and how many worse, with the test sites of each; "none" for no rows."""
+    if significant.empty:
+        return "none"
+    parts = []
+    for model, rows in significant.groupby("model"):
+        better, worse = rows[rows["difference"] > 0], rows[rows["difference"] < 0]
+        parts.append(f"{model} better than the baseline in {len(better)}"
+                     + (f" ({', '.join(better['site'].unique())})" if len(better) else "")
+                     + f", worse in {len(worse)}" + (f" ({', '.join(worse['site'].unique())})" if len(worse) else ""))
+    return "; ".join(parts)
+
+
 def wilcoxon_floor(n: int) -> dict[str, float]:
     """The smallest one-sided p-value a Wilcoxon signed-rank test over n pairs can give: exact, and by the normal
     approximation (what reproduces paper 000's p-values)."""
@@ -406,15 +460,15 @@ def wilcoxon_floor(n: int) -> dict[str, float]:
 
 
 def cells(long: pd.DataFrame) -> pd.DataFrame:
-    """Model x (finding, site) AUROCs: the cells paper 000's paired tests run over (Table 7's layout)."""
+    """Model x (finding, site) AUROCs: the cells the paired tests run over (paper 000's Table 7 layout)."""
     per_finding = long[long["finding"] != "Mean"]
     return per_finding.pivot_table(index="model", columns=["finding", "site"], values="auroc").reindex(
         pd.unique(per_finding["model"]))
 
 
 def paired_table(long: pd.DataFrame, models: Sequence[str], baseline: str = BASELINE) -> pd.DataFrame:
-    """Paper 000's statistics: each model against the baseline over the finding x site cells, paired t-test and
-    Wilcoxon signed-rank, two-sided and one-sided ("greater", which reproduces the paper's reported p-values)."""
+    """Paper 000's statistics as reproduced: each model against the baseline over the finding x site cells, paired
+    t-test and Wilcoxon signed-rank, two-sided and one-sided ("greater", which reproduces the paper's p-values)."""
     table = cells(long)
     rows = []
     for name in models:

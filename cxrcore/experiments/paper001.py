@@ -127,6 +127,16 @@ def input_sides(configs: Mapping[tuple[str, str], dict]) -> tuple[int, int]:
             resolved_preset(configs[("resolution", f"{BASE}-large")]).image_size)
 
 
+def profile_note(profile: str) -> str:
+    """A parenthesis on what the profile shrinks of paper 001's setting ("" in the full profile)."""
+    if quick_sized(profile):
+        return (f" (the {profile} profile shrinks the site, the input sides and the number of epochs to fit two CPU "
+                "cores)")
+    if profile == "gpu":
+        return " (the gpu profile keeps paper 001's input sides, on a smaller site for fewer epochs, to fit one GPU)"
+    return ""
+
+
 def stored_width(manifest: pd.DataFrame, data_root: Path) -> int:
     """The width in pixels of the manifest's first film as stored under data_root (the detail any input can see)."""
     with Image.open(Path(data_root) / manifest["path"].iloc[0]) as image:

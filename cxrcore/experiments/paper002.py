@@ -27,7 +27,9 @@ from cxrcore.experiments.tables import (
     MIN_POSITIVES,
     RESULT_COLUMNS,
     bootstrap_draws,
+    listed,
     pairwise_delong,
+    patient_bootstrap_pairs,
     predictions_auroc_table,
     result_row,
     scored_findings,
@@ -57,6 +59,13 @@ STUDY_COLUMNS = ["study_mean_auroc_max", "study_mean_auroc_mean"]  # views aggre
 SITES = {"CheXpert": (CHEXPERT_DIR, read_chexpert), "ChestX-ray14": (NIH_DIR, read_nih),
          "hospital": (HOSPITAL_DIR, read_hospital)}  # name -> (folder under the data root, reader)
 STATISTICS_IMAGES = 256  # images drawn per site for its pixel statistics
+# patient-bootstrap draws per comparison: cheap (two weighted AUROCs a draw, seconds for every test of the chapter),
+# and a p value from a few hundred draws could not go below 0.007
+PAIR_DRAWS = 2_000
+HEADINGS = {"views": "lateral views", "normalization": "normalization statistics",
+            "uncertainty": "uncertain labels"}  # each section as the chapter's headings name it
+REPORTED_BASELINE = "DenseNet-121 baseline (ImageNet-pretrained; all layers fine-tuned)"  # models in reported.csv
+REPORTED_FRONTAL = "DenseNet-121 frontal views only (same image count)"
 
 
 def site_table(data_root: Path) -> pd.DataFrame:
@@ -168,6 +177,84 @@ def comparisons(finished: Mapping[tuple[str, str], Result]) -> pd.DataFrame:
         raise ValueError(f"no finding has {MIN_POSITIVES} positive test images: there is nothing to compare")
     scores = {name: result.predictions for name, result in results.items()}
     return pairwise_delong(first, scores, groups, findings)
+
+
+def patient_comparisons(finished: Mapping[tuple[str, str], Result], n_boot: int = PAIR_DRAWS) -> pd.DataFrame:
+    """`comparisons` with each difference's paired patient bootstrap added (`tables.patient_bootstrap_pairs`: its
+    interval, p and BH q values): DeLong's test treats the test images as independent, the bootstrap resamples
+    patients, so the correlation of one patient's images is carried."""
+    delong = comparisons(finished)
+    results, _ = labelled(finished)
+    first = next(iter(results.values())).predictions
+    scores = {name: result.predictions for name, result in results.items()}
+    return patient_bootstrap_pairs(delong, first, scores, first["patient_id"], n_boot)
+
+
+def sections_named(sections: object) -> str:
+    """The sections among `sections` (keys of SECTIONS) by the chapter's headings, in the chapter's order."""
+    present = set(sections)
+    return listed(HEADINGS[s] for s in SECTIONS if s in present)
+
+
+def views_verdict(gaps: Mapping[str, Mapping[str, float]]) -> str:
+    """Frontal+lateral against each frontal-only variant (its name -> the paired difference, with "low" and "high"),
+    in words: where the lateral views helped, where their help is not shown, where they hurt."""
+    above = [name for name, gap in gaps.items() if gap["low"] > 0]
+    below = [name for name, gap in gaps.items() if gap["high"] < 0]
+    unsure = [name for name in gaps if name not in above and name not in below]
+    if len(above) == len(gaps):
+        return (f"{'Both' if len(gaps) == 2 else 'Every'} per-image paired interval{'s' if len(gaps) > 1 else ''} "
+                f"lie{'' if len(gaps) > 1 else 's'} above zero: at this test size the lateral views helped.")
+    parts = [f"against {listed(above)} the interval lies above zero: there the lateral views helped"] if above else []
+    if unsure:
+        parts.append(f"against {listed(unsure)} the interval includes zero: there the lateral views' help is not "
+                     "shown at this test size")
+    if below:
+        parts.append(f"against {listed(below)} the interval lies wholly below zero: there the lateral views hurt")
+    return "Not every per-image paired interval lies above zero: " + "; ".join(parts) + "."
+
+
+def reported_views_drop(reported: pd.DataFrame) -> dict[str, str]:
+    """Paper 002's frontal-only result in words, for the glue keys r002_views_change, r002_views_gap_no_lesion and
+    r002_lesion_reading (from book/reported.csv): the printed means; the mean of Table 2's per-finding values where it
+    differs from the printed one; and whether leaving Lung Lesion out removes most of the difference, by each mean."""
+    rows = reported.query("paper == '002' and metric == 'auroc'")
+    baseline = float(rows.query("finding == 'Mean' and model == @REPORTED_BASELINE")["value"].iloc[0])
+    table = rows.query("source == 'Table 2' and model == @REPORTED_FRONTAL").set_index("finding")["value"]
+    printed, per_finding = float(table["Mean"]), table.drop(index="Mean").astype(float)
+    without = rows.query("finding == 'Mean without Lung Lesion'").set_index("model")["value"].astype(float)
+    lesion_gap = without[REPORTED_BASELINE] - without[REPORTED_FRONTAL]
+    gaps = {"printed": baseline - printed, "listed": baseline - per_finding.mean()}
+    change = (f"{'lowered' if gaps['printed'] > 0 else 'raised'} it by {abs(gaps['printed']):.4f}, from {baseline:.4f} "
+              f"to {printed:.4f} as printed")
+    mostly = {name: abs(lesion_gap) < abs(gap) / 2 for name, gap in gaps.items()}  # Lung Lesion carries most of it
+    if round(per_finding.mean(), 4) == round(printed, 4):
+        reading = ("Set against the difference with it, most of the difference comes from that one finding: that is "
+                   "this book's reading, not the paper's." if mostly["printed"] else
+                   "Set against the difference with it, most of the difference stays without that finding.")
+        return {"r002_views_change": change, "r002_views_gap_no_lesion": f"{lesion_gap:+.4f}",
+                "r002_lesion_reading": reading}
+    free = per_finding.drop(index="Lung Lesion").mean()
+    change += (f"; but the {len(per_finding)} per-finding values its Table 2 lists average {per_finding.mean():.4f}, "
+               f"not {printed:.4f}, a change of {-gaps['listed']:+.4f} from the baseline")
+    if round(free, 4) == round(without[REPORTED_FRONTAL], 4):
+        change += (f" (without Lung Lesion they average {free:.4f}, the paper's own figure, so it is the printed "
+                   "mean that does not fit the table)")
+    side = {name: "less" if most else "more" for name, most in mostly.items()}
+    if mostly["printed"] == mostly["listed"]:
+        reading = ("Set against the difference with it, by either mean, most of the difference "
+                   + ("comes from that one finding: that is this book's reading, not the paper's." if mostly["printed"]
+                      else "stays without that finding."))
+    else:
+        by, other = ("the printed mean", "the listed values") if mostly["printed"] else ("the listed values",
+                                                                                         "the printed mean")
+        reading = (f"Whether most of the difference comes from that one finding depends on which mean is right: "
+                   f"{abs(lesion_gap):.4f} is {side['printed']} than half of the printed difference "
+                   f"({abs(gaps['printed']):.4f}) and {side['listed']} than half of the listed values' "
+                   f"({abs(gaps['listed']):.4f}), so by {by} most of it comes from Lung Lesion (this book's reading, "
+                   f"not the paper's), and by {other} most of it stays without that finding.")
+    return {"r002_views_change": change, "r002_views_gap_no_lesion": f"{lesion_gap:+.4f}",
+            "r002_lesion_reading": reading}
 
 
 def by_test_view(finished: Mapping[tuple[str, str], Result], table: pd.DataFrame, n_boot: int) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Experiment "paper003": Borhan's (paper 003) bases, frozen vs full training, and rare findings, on CheXpert.
 
 * data: the transfer experiment's CheXpert split (train.csv frontal images, patient-wise 70/10/20), paper 003's 14
-  observations under U-Ones; in the quick profile every run trains on the same few hundred whole patients.
+  observations under U-Ones; in the quick profile every run trains on the same few hundred whole patients, except
+  VGG-16 (an eighth of them) and the leaky protocol (its own by-image split of the pool: `training_images`).
 * recipe: paper 003's (Adam, lr 1e-4, its head: global average pooling, dense 1,024, ReLU, sigmoid outputs), from
   the pretrained bases of the transfer experiment (ImageNet when cached, else the shared source models).
 * sections:
@@ -146,6 +147,45 @@ def training_draws(manifest: Path) -> int:
     return int(copies(table[table["split"] == "train"]).sum())
 
 
+def training_images(configs: Mapping[tuple[str, str], dict]) -> dict[tuple[str, str], int]:
+    """(section, variant) -> distinct images each run config trains on (`runner.training_rows`; a leaky copy counts
+    as its original image)."""
+    return {key: int(_original_paths(training_rows(config)["path"]).nunique()) for key, config in configs.items()}
+
+
+def _original_paths(paths: pd.Series) -> pd.Series:
+    """Manifest paths with the leaky protocol's copy prefix ("leaky/copyK/") taken off."""
+    return paths.str.replace(r"^leaky/copy\d+/", "", regex=True)
+
+
+def training_reading(trained: Mapping[tuple[str, str], int]) -> str:
+    """One sentence: how many images the plain run trains on (`trained`: `training_images`), and the runs that train
+    on others: VGG-16's (fewer, where the profile cuts them) and the leaky protocol's."""
+    common = trained[("imbalance", "nothing")]
+    vgg = max(n for (section, variant), n in trained.items() if section == "bases" and variant.startswith("VGG-16"))
+    share = next(a.quick_share for a in ARCHITECTURES if a.arch == "vgg16")
+    words = {0.5: "half", 0.25: "a quarter", 0.125: "an eighth"}.get(share, f"{share:.0%}")
+    exceptions = [f"the VGG-16 runs, which train on {vgg:,} of them (whole patients up to {words}: VGG-16 costs "
+                  "several times DenseNet-121's compute per image)"] if vgg < common else []
+    exceptions.append(f"the leaky protocol (section 3), which splits the whole pool its own way and trains on "
+                      f"{trained[('leak', 'leaky protocol')]:,} distinct images")
+    return f"Every run trains on the same {common:,} training images except " + " and ".join(exceptions)
+
+
+def vgg_reading(rows: pd.DataFrame, images: int, others: int, from_source: bool) -> str:
+    """VGG-16's frozen and full runs against chance (`chance_reading`), after how many training images it had where
+    fewer than the other bases' (`others`), and why it fails where neither interval lies wholly above 0.5 and it
+    starts from a source run rather than from ImageNet weights."""
+    text = chance_reading(rows)
+    if images < others:
+        text = (f"VGG-16 trains on {images:,} images where the other bases train on {others:,}, so it meets them on "
+                f"less data. {text}")
+    if from_source and not (rows["ci_low"] > 0.5).any():
+        text += (". Its source model collapsed from random weights (the source-models chapter shows why), and paper "
+                 "003's head on its features, frozen or trained, does not recover it")
+    return text
+
+
 def stages(settings: Settings) -> list[list[dict]]:
     """The source models first (the bases start from them), then every run (shared runs are keyed once)."""
     return [*source_models.stages(settings), list(configs(settings).values())]
@@ -225,6 +265,35 @@ def remedy_reading(f1_change: Mapping[str, float], auroc_change: Mapping[str, Ma
         return f"the mean AUROC by {signed(d['value'], 3)} ({d['low']:+.3f} to {d['high']:+.3f}: {verdict})"
     return "; ".join(f"{name} changed the macro F1 at 0.5 by {signed(f1_change[name])} and "
                      f"{ranking(auroc_change[name])}" for name in f1_change)
+
+
+def threshold_reading(tune_gain: float, up_gain: float) -> str:
+    """Which lifts the plain model's macro F1 more: thresholds chosen on validation (tune_gain) or up-sampling
+    (up_gain, at 0.5); no gain and ties as the two read to two decimals (`signed`)."""
+    if float(signed(tune_gain)) <= 0 and float(signed(up_gain)) <= 0:
+        return "neither raised the plain model's macro F1"
+    if signed(tune_gain) == signed(up_gain):
+        return "the two lift the plain model's macro F1 by the same amount, to two decimals"
+    if tune_gain > up_gain:
+        return ("choosing each finding's threshold on validation lifts the macro F1 of the plain model more than "
+                "up-sampling does")
+    return "up-sampling lifts the macro F1 at 0.5 more than choosing thresholds on validation lifts the plain model's"
+
+
+def calibration_verdict(brier: Mapping[str, float], plain: str = "nothing", tolerance: float = 0.1) -> str:
+    """Per remedy, whether its scores can be read as probabilities as far as the plain model's can: its mean Brier
+    score beside the plain model's, "close" within `tolerance` of it (relative)."""
+    def verdict(name: str) -> str:
+        ratio = brier[name] / brier[plain]
+        if ratio > 1 + tolerance:
+            return (f"{name}'s scores should not be read as probabilities without undoing the re-balancing (its Brier "
+                    f"score is {ratio:.1f} times the plain model's)")
+        if ratio < 1 - tolerance:
+            return (f"{name}'s scores are better calibrated than the plain model's (its Brier score is {ratio:.2f} "
+                    "times the plain model's)")
+        return (f"{name}'s scores are about as calibrated as the plain model's (its Brier score is within "
+                f"{tolerance:.0%} of the plain model's)")
+    return "; ".join(verdict(name) for name in brier if name != plain)
 
 
 def counted_averaged_f1(truth: pd.DataFrame, scores: np.ndarray, cuts: float | pd.Series = 0.5) -> pd.DataFrame:
@@ -311,7 +380,7 @@ def seen_in_training(leaky: Result, manifest: Path) -> dict[str, float]:
     """Of the leaky run's test images: the share that are copies of an image it trained on, and the share whose
     patient it trained on (another image of theirs, or the same one); and how many distinct images it trained on."""
     table = load_manifest(manifest)
-    original = table["path"].str.replace(r"^leaky/copy\d+/", "", regex=True)
+    original = _original_paths(table["path"])
     patient = original.str.extract(r"(patient\d+)")[0]
     trained_paths = set(training_rows(leaky.config["run"])["path"])
     trained_images = set(original[table["path"].isin(trained_paths)])

@@ -22,6 +22,7 @@ This part needs the synthetic site: no public dataset holds the same film with a
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.metrics import bootstrap_auroc_ci, delong_test, resample_patients, score_column
 from cxrcore.runner import Result, run
 from cxrcore.settings import Settings, quick_sized
+from data_prep.synth import plan
 from data_prep.synth.write import COUNTERFACTUALS
 
 NAME = "shortcut"
@@ -70,6 +72,15 @@ def counterfactual_paths(data_root: Path) -> pd.Series:
     table = pd.read_csv(table_path)
     table = table[table["removed"] == SIGN]
     return pd.Series(table["counterfactual"].to_numpy(), index=table["path"].to_numpy(), name="counterfactual")
+
+
+def drain_rates(data_root: Path) -> tuple[float, float]:
+    """The site's drain rates on pneumothorax films and on the others, as its synth_meta.json records them (the
+    `data_prep.synth.plan` constants NIH_DRAIN_RATE and NIH_DRAIN_OTHER_RATE where it does not)."""
+    meta_path = Path(data_root) / "synth_meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return (float(meta.get("nih_drain_rate_pneumothorax", plan.NIH_DRAIN_RATE)),
+            float(meta.get("nih_drain_rate_other", plan.NIH_DRAIN_OTHER_RATE)))
 
 
 def drain_paths(data_root: Path) -> set[str]:
@@ -153,6 +164,19 @@ def subgroup_table(predictions: pd.DataFrame, drains: set[str], n_boot: int) -> 
     labelled = predictions[predictions[FINDING].notna()]
     return pd.DataFrame({group: _auroc_row(labelled[rows], n_boot)
                          for group, rows in _subgroups(labelled, drains).items()}).T
+
+
+def subgroup_gap_reading(published: pd.DataFrame) -> str:
+    """Whether `subgroup_table`'s intervals on the positives with and without a drain overlap, and if not, which
+    group the model tells from the negatives the better."""
+    with_drain, without = published.loc[GROUPS[0]], published.loc[GROUPS[1]]
+    if with_drain["low"] > without["high"]:
+        return ("The two intervals do not overlap: the model tells the positives with a drain from the negatives "
+                "better than those without.")
+    if without["low"] > with_drain["high"]:
+        return ("The two intervals do not overlap, the other way round: the model tells the positives without a drain "
+                "from the negatives better than those with one.")
+    return "The two intervals overlap: with this many positives the gap is suggestive, not settled."
 
 
 def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.DataFrame:
@@ -427,6 +451,18 @@ def mean_change(scores: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFram
         rows[name] = {"films": len(group), "mean change": float(group["change"].mean()), "low": low, "high": high,
                       "mean score with the drain": float(group["score"].mean())}
     return pd.DataFrame(rows).T
+
+
+def counterfactual_reading(change: pd.Series) -> str:
+    """What a `mean_change` row's interval says of the drain's effect: it lowers the score, raises it, or this run
+    cannot tell."""
+    if change["high"] < 0:
+        return ("The interval lies wholly below zero: removing the drain lowers the score, and nothing else changed, "
+                "so the drain caused that part of it.")
+    if change["low"] > 0:
+        return ("The interval lies wholly above zero: removing the drain raises the score, and nothing else changed, "
+                "so on these films the drain held the score down.")
+    return "The interval includes zero: this run cannot tell the drain's effect from no effect."
 
 
 def counterfactual_auroc(result: Result, settings: Settings, n_boot: int) -> pd.DataFrame:

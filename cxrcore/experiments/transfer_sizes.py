@@ -171,9 +171,15 @@ def change_reading(change: pd.DataFrame) -> str:
         verdict = (f"may shrink or grow from {first.smaller:,} to {first.larger:,} training images: the paired "
                    "interval of the change reaches both sides of zero, so this sweep cannot tell")
     later = [row for row in change.itertuples()][1:]
-    unsure = [f"{row.smaller:,}" for row in later if row.change_low <= 0 <= row.change_high]
-    where = (f" From {listed(unsure)} training images on, the change's interval reaches both sides of zero: whatever "
-             "shrinking this sweep shows lies between its smallest sizes." if first.change_high < 0 and unsure else "")
+    unsure = [row for row in later if row.change_low <= 0 <= row.change_high]
+    if first.change_high >= 0 or not unsure:
+        where = ""
+    elif unsure == later[later.index(unsure[0]):]:  # every size from the first unsure one on is unsure
+        where = (f" From {unsure[0].smaller:,} training images on, the change's interval reaches both sides of zero: "
+                 "whatever shrinking this sweep shows lies between its smallest sizes.")
+    else:
+        where = (f" From {listed(f'{row.smaller:,}' for row in unsure)} training images to {first.larger:,}, the "
+                 "change's interval reaches both sides of zero.")
     return (f"{verdict}. The change in the difference, larger size minus smaller, with paired 95 % intervals: "
             f"{per_size}.{where}")
 
