@@ -20,6 +20,7 @@ from cxrcore.experiments.tables import (
     gradient_steps,
     interval,
     mean_rows,
+    p_text,
     pairwise_delong,
     patient_bootstrap_pairs,
     recipe_table,
@@ -180,6 +181,12 @@ def test_significant_differences_name_the_better_arm(arms) -> None:
     assert "good > random on Cardiomegaly (q = " in text  # A is written first, with the sign of A - B
     assert len(text.split("; ")) == int((delong["q (BH)"] < 0.05).sum())
     assert significant_differences(delong, q=0.0) == "none"
+
+
+def test_p_text_never_shows_a_value_below_the_bound_as_the_bound() -> None:
+    assert p_text(0.0123) == "= 0.012" and p_text(0.71, 2) == "= 0.71"
+    assert p_text(0.04996) == "< 0.05" and p_text(0.046, 2) == "< 0.05"  # would print 0.050 and 0.05
+    assert p_text(0.05) == "= 0.050"  # at the bound it is not below it
 
 
 def test_patient_bootstrap_pairs_resample_patients_and_control_the_fdr(arms) -> None:

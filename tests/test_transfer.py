@@ -192,6 +192,9 @@ def test_image_statistics_and_what_one_number_follows() -> None:
     assert "brightness (Spearman -1.00)" in source_models.backwards_reading("M", chance)
     backwards = chance.replace({0.54: 0.40, 0.45: 0.35, 0.62: 0.45})
     assert "below 0.5 too" in source_models.backwards_reading("M", backwards)
+    right_way = chance.replace({0.54: 0.70, 0.45: 0.62, 0.62: 0.78})
+    assert "wholly above 0.5: on other films it ranks them the right way round" in source_models.backwards_reading(
+        "M", right_way)
 
 
 def test_off_the_shelf_summary_counts_the_differences_it_loses() -> None:

@@ -38,7 +38,14 @@ from cxrcore.experiments.localisation import (
     sign_masks,
 )
 from cxrcore.experiments.source_models import ARCHITECTURES
-from cxrcore.experiments.tables import RESULT_COLUMNS, bootstrap_draws, listed, predictions_auroc_table, scored_findings
+from cxrcore.experiments.tables import (
+    RESULT_COLUMNS,
+    bootstrap_draws,
+    listed,
+    p_text,
+    predictions_auroc_table,
+    scored_findings,
+)
 from cxrcore.findings import NIH_HARMONIZED, PAPER000_FINDINGS
 from cxrcore.manifest import REQUIRED_COLUMNS, load_manifest, write_derived_manifest
 from cxrcore.metrics import bootstrap_mean_difference, delong_test, paired_tests, score_column
@@ -377,7 +384,7 @@ def label_reading(row: Mapping[str, float]) -> str:
 def label_lesson(difference: float, q: float, recall: float) -> str:
     """Whether DeLong's test on pneumonia (drawn-sign labels minus keyword labels: difference, BH q) shows the cost
     of the keyword labels' pneumonia recall, shows the opposite, or shows nothing."""
-    numbers = f"drawn signs minus keyword labels {difference:+.3f} (q {q:.2f})"
+    numbers = f"drawn signs minus keyword labels {difference:+.3f} (q {p_text(q, 2)})"
     if q >= 0.05:
         return f"On pneumonia it did not show: {numbers}, although the keyword labels' recall on pneumonia was " \
                f"{recall:.2f}."
@@ -423,7 +430,7 @@ def borrowed_reading(borrowed: pd.DataFrame, finding: str) -> str:
     p = others["p against its own score"]
     below = others[(p < 0.05) & (others["AUROC"] < own)].index.tolist()
     above = others[(p < 0.05) & (others["AUROC"] > own)].index.tolist()
-    pairs = ", ".join(f"{name} p {value:.2f}" for name, value in p.items())
+    pairs = ", ".join(f"{name} p {p_text(value, 2)}" for name, value in p.items())
     if not below and not above:
         return text + (f"separates none of them from it ({pairs}): what this {finding.lower()} output ranks is "
                        "mostly what every finding's output ranks, an abnormal film, which the keyword labels teach "

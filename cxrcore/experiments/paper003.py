@@ -169,7 +169,7 @@ def training_reading(trained: Mapping[tuple[str, str], int]) -> str:
                   "several times DenseNet-121's compute per image)"] if vgg < common else []
     exceptions.append(f"the leaky protocol (section 3), which splits the whole pool its own way and trains on "
                       f"{trained[('leak', 'leaky protocol')]:,} distinct images")
-    return f"Every run trains on the same {common:,} training images except " + " and ".join(exceptions)
+    return f"Every run trains on the same {common:,} training images except " + ", and ".join(exceptions)
 
 
 def vgg_reading(rows: pd.DataFrame, images: int, others: int, from_source: bool) -> str:

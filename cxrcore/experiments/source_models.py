@@ -190,6 +190,9 @@ def backwards_reading(name: str, found: pd.Series) -> str:
              f"({found['validation low']:.3f}-{found['validation high']:.3f})")
     if found["validation high"] < 0.5:
         return f"{what} {valid}, below 0.5 too: it has learned something that runs against the findings."
+    if found["validation low"] > 0.5:
+        return (f"{what} {valid}, wholly above 0.5: on other films it ranks them the right way round, so its backwards "
+                "ranking of the test films is a property of that set, not knowledge turned around.")
     return (f"{what} {valid}, an interval that reaches 0.5: whether such scores put the films with a finding above or "
             "below the others depends on which films a set holds, so its backwards ranking of the test films is not "
             "knowledge turned around.")

@@ -281,11 +281,17 @@ def above_chance(means: pd.DataFrame) -> str:
     return "Mean intervals that lie wholly above 0.5 (chance): " + ", ".join(above) + "."
 
 
+def p_text(value: float, digits: int = 3, bound: float = 0.05) -> str:
+    """A p or q value for prose, "= 0.012"; one below `bound` that would round up to it reads "< 0.05"."""
+    shown = f"{value:.{digits}f}"
+    return f"< {bound:g}" if value < bound <= float(shown) else f"= {shown}"
+
+
 def significant_differences(delong: pd.DataFrame, q: float = 0.05, column: str = "q (BH)") -> str:
     """The rows whose q value (`column`: DeLong's BH q, or "q (patient BH)") is below `q`, as "A > B on finding
     (q = ...)"; "none" if there are none."""
     significant = delong[delong[column] < q]
-    return "; ".join(f"{r['A']} {'>' if r['A - B'] > 0 else '<'} {r['B']} on {r['finding']} (q = {r[column]:.3f})"
+    return "; ".join(f"{r['A']} {'>' if r['A - B'] > 0 else '<'} {r['B']} on {r['finding']} (q {p_text(r[column])})"
                      for _, r in significant.iterrows()) or "none"
 
 
