@@ -164,7 +164,7 @@ def training_reading(trained: Mapping[tuple[str, str], int]) -> str:
     common = trained[("imbalance", "nothing")]
     vgg = max(n for (section, variant), n in trained.items() if section == "bases" and variant.startswith("VGG-16"))
     share = next(a.quick_share for a in ARCHITECTURES if a.arch == "vgg16")
-    words = {0.5: "half", 0.25: "a quarter", 0.125: "an eighth"}.get(share, f"{share:.0%}")
+    words = source_models.share_words(share)
     exceptions = [f"the VGG-16 runs, which train on {vgg:,} of them (whole patients up to {words}: VGG-16 costs "
                   "several times DenseNet-121's compute per image)"] if vgg < common else []
     exceptions.append(f"the leaky protocol (section 3), which splits the whole pool its own way and trains on "

@@ -173,6 +173,11 @@ def score_drivers(result: Result, findings: list[str], n_boot: int, images: int 
                                         "validation high": mean["high"]})])
 
 
+def share_words(share: float) -> str:
+    """A share of the training images in words: "half", "a quarter", "an eighth", else a percentage."""
+    return {0.5: "half", 0.25: "a quarter", 0.125: "an eighth"}.get(share, f"{share:.0%}")
+
+
 def backwards_reading(name: str, found: pd.Series) -> str:
     """What the chapter says of a model whose test interval lies below 0.5, from its `score_drivers`."""
     alike = found["findings ranking alike (mean Spearman)"]
