@@ -36,6 +36,7 @@ __all__ = [
     "fold_summary",
     "mae",
     "paired_tests",
+    "patient_codes",
     "patient_weights",
     "precision_recall_f1",
     "predictions_frame",
@@ -165,15 +166,21 @@ class WeightedAUROC:
         return float(np.sum(pos * (negatives_below + 0.5 * neg)) / pairs) if pairs > 0 else np.nan
 
 
-def resample_patients(groups: ArrayLike, rng: np.random.Generator) -> np.ndarray:
-    """One cluster-bootstrap draw: sample patients with replacement and return the indices of all their images."""
+def patient_codes(groups: ArrayLike) -> tuple[np.ndarray, int]:
+    """(N,) patient index 0..P-1 of each image (in order of first appearance) and P; a missing id is an error."""
     codes, uniques = pd.factorize(pd.Series(np.asarray(groups, dtype=object)), use_na_sentinel=True)
     if (codes < 0).any():
         raise ValueError(f"missing patient id at rows {np.flatnonzero(codes < 0)[:10].tolist()}")
+    return codes, len(uniques)
+
+
+def resample_patients(groups: ArrayLike, rng: np.random.Generator) -> np.ndarray:
+    """One cluster-bootstrap draw: sample patients with replacement and return the indices of all their images."""
+    codes, n_patients = patient_codes(groups)
     order = np.argsort(codes, kind="stable")  # image indices grouped by patient
-    sizes = np.bincount(codes, minlength=len(uniques))
+    sizes = np.bincount(codes, minlength=n_patients)
     starts = np.cumsum(sizes) - sizes
-    drawn = rng.integers(0, len(uniques), size=len(uniques))  # (P,) patients, with replacement
+    drawn = rng.integers(0, n_patients, size=n_patients)  # (P,) patients, with replacement
     counts = sizes[drawn]
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     return order[np.repeat(starts[drawn], counts) + offsets]
@@ -182,9 +189,11 @@ def resample_patients(groups: ArrayLike, rng: np.random.Generator) -> np.ndarray
 def patient_weights(groups: ArrayLike, n_boot: int, rng: np.random.Generator | int = 0) -> Iterator[np.ndarray]:
     """n_boot patient-bootstrap draws, each as (N,) image weights: how often `resample_patients` drew each image;
     rng is a seed, or a Generator to continue (the draws of one seed are the same wherever they are taken)."""
-    rng, size = np.random.default_rng(rng), len(groups)  # default_rng returns a Generator unchanged
+    rng = np.random.default_rng(rng)  # default_rng returns a Generator unchanged
+    codes, n_patients = patient_codes(groups)
     for _ in range(n_boot):
-        yield np.bincount(resample_patients(groups, rng), minlength=size).astype(float)
+        drawn = rng.integers(0, n_patients, size=n_patients)  # the draw resample_patients makes
+        yield np.bincount(drawn, minlength=n_patients)[codes].astype(float)
 
 
 def bootstrap_auroc_ci(
@@ -303,8 +312,10 @@ class DeLongResult(NamedTuple):
     p: float
 
 
-def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> DeLongResult:
-    """DeLong et al. (1988) test of two correlated AUROCs on one test set; fast midrank form of Sun & Xu (2014)."""
+def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike,
+                groups: ArrayLike | None = None) -> DeLongResult:
+    """DeLong et al. (1988) test of two correlated AUROCs on one test set (fast midrank form of Sun & Xu, 2014);
+    with `groups` (N,) patient ids, Obuchowski's (1997) clustered variance: a patient's images are not independent."""
     labels = np.asarray(y_true, dtype=float).ravel()
     scores = np.vstack([np.asarray(score_a, dtype=float).ravel(), np.asarray(score_b, dtype=float).ravel()])
     if scores.shape[1] != labels.size:
@@ -322,7 +333,12 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> De
     aucs = rank_all[:, :m].sum(axis=1) / (m * n) - (m + 1) / (2 * n)
     v_pos = (rank_all[:, :m] - rank_pos) / n  # (2, m) structural components of the positives
     v_neg = 1.0 - (rank_all[:, m:] - rank_neg) / m  # (2, n) structural components of the negatives
-    covariance = np.cov(v_pos) / m + np.cov(v_neg) / n  # (2, 2)
+    if groups is None:
+        covariance = np.cov(v_pos) / m + np.cov(v_neg) / n  # (2, 2)
+    else:
+        if len(np.asarray(groups)) != labels.size:
+            raise ValueError(f"groups has {len(np.asarray(groups))} entries for {labels.size} images")
+        covariance = _clustered_covariance(v_pos, v_neg, aucs, patient_codes(groups)[0], positive)
     variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     difference = aucs[0] - aucs[1]
     if variance <= 0:
@@ -330,6 +346,27 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> De
     else:
         z = float(difference / np.sqrt(variance))
     return DeLongResult(float(aucs[0]), float(aucs[1]), z, float(2 * stats.norm.sf(abs(z))))
+
+
+def _clustered_covariance(v_pos: np.ndarray, v_neg: np.ndarray, aucs: np.ndarray, codes: np.ndarray,
+                          positive: np.ndarray) -> np.ndarray:
+    """(2, 2) covariance of two AUROCs with patients as clusters (Obuchowski 1997, eq. 3-5 and their two-test form):
+    per patient, the sum of its images' structural components minus its image count times the AUROC."""
+    n_patients = int(codes.max()) + 1
+    pos_codes, neg_codes = codes[positive], codes[~positive]
+    m, n = pos_codes.size, neg_codes.size
+    m_i = np.bincount(pos_codes, minlength=n_patients)  # (P,) positive images of each patient
+    n_i = np.bincount(neg_codes, minlength=n_patients)
+    pos_patients, neg_patients = int((m_i > 0).sum()), int((n_i > 0).sum())
+    if pos_patients < 2 or neg_patients < 2:
+        raise ValueError(f"the clustered test needs positives from at least 2 patients and negatives from at least 2, "
+                         f"got {pos_patients} and {neg_patients}")
+    a = np.stack([np.bincount(pos_codes, weights=v, minlength=n_patients) for v in v_pos]) - np.outer(aucs, m_i)
+    b = np.stack([np.bincount(neg_codes, weights=v, minlength=n_patients) for v in v_neg]) - np.outer(aucs, n_i)
+    cross = a @ b.T  # (2, 2) sums over patients of a_r * b_s
+    return (pos_patients / (pos_patients - 1) * (a @ a.T) / m**2
+            + neg_patients / (neg_patients - 1) * (b @ b.T) / n**2
+            + n_patients / (n_patients - 1) * (cross + cross.T) / (m * n))
 
 
 # ------------------------------------------------------------------------------------------- predictions table

@@ -15,6 +15,7 @@ from cxrcore.experiments.tables import (
     best_by_finding,
     bootstrap_cells,
     called_positive,
+    clustering_reading,
     delong_cells,
     f1_by_arm,
     gradient_steps,
@@ -74,6 +75,27 @@ def test_pairwise_delong_pairs_directions_and_bh(arms) -> None:
     assert by_p["q (BH)"].is_monotonic_increasing  # BH keeps the order of the p values
     smallest = table["p"].idxmin()
     assert table.loc[smallest, "q (BH)"] == pytest.approx(table.loc[smallest, "p"] * len(table))
+
+
+def test_pairwise_delong_clustered_by_patient_keeps_the_films_independent_p(arms) -> None:
+    truth, scores = arms
+    copies = np.repeat(np.arange(60), 3)  # each film three times within its patient: 60 films' worth of evidence
+    same = truth.iloc[copies].reset_index(drop=True)
+    same_scores = {name: table.iloc[copies].reset_index(drop=True) for name, table in scores.items()}
+    groups = {"m": ["noisy", "random"]}
+    clustered = pairwise_delong(same, same_scores, groups, FINDINGS, patients=copies)
+    original = pairwise_delong(truth, scores, groups, FINDINGS)
+    assert list(clustered.columns) == ["model", "A", "B", "finding", "AUROC A", "AUROC B", "A - B", "z", "p",
+                                       "p (films independent)", "q (BH)", "pair"]
+    assert clustered["p"].to_numpy() == pytest.approx(original["p"].to_numpy(), rel=1e-6)  # copies add nothing
+    assert (clustered["p (films independent)"] < clustered["p"]).all()  # counted as 180 films, p shrinks
+    assert clustered["q (BH)"].to_numpy() == pytest.approx(original["q (BH)"].to_numpy(), rel=1e-6)
+    reading = clustering_reading(clustered)
+    films = int((clustered["p (films independent)"] < 0.05).sum())
+    assert reading.startswith(f"Counting every film as independent, {films} of the 2 tests have p < 0.05; "
+                              f"clustered by patient, {int((clustered['p'] < 0.05).sum())}. In 2 of the 2")
+    alike = clustered.assign(**{"p (films independent)": clustered["p"] + 0.01})
+    assert "smaller one in only 0 of the 2: on this test set" in clustering_reading(alike)
 
 
 def test_delong_cells_and_worse_arm(arms) -> None:

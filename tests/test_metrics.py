@@ -154,6 +154,80 @@ def test_delong_matches_structural_components_written_out(scored):
     assert same.z == 0 and same.p == 1
 
 
+def slow_clustered_variance(labels: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
+                            patients: np.ndarray) -> float:
+    """Var(AUROC A - AUROC B) by Obuchowski (1997) written out: psi over every pair, per-patient sums V10(X_i) and
+    V01(Y_i), the S10, S01 and S11 terms of each test and across the two tests."""
+    def components(scores):
+        pos, neg = scores[labels == 1], scores[labels == 0]
+        psi = np.array([[1.0 if x > y else 0.5 if x == y else 0.0 for y in neg] for x in pos])
+        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+
+    names = list(dict.fromkeys(patients))
+    pos_of, neg_of = patients[labels == 1], patients[labels == 0]
+    m_i = np.array([(pos_of == name).sum() for name in names])
+    n_i = np.array([(neg_of == name).sum() for name in names])
+    m, n, size = m_i.sum(), n_i.sum(), len(names)
+    i10, i01 = (m_i > 0).sum(), (n_i > 0).sum()
+    parts = []
+    for scores in (score_a, score_b):
+        auc, v10, v01 = components(scores)
+        parts.append((np.array([v10[pos_of == name].sum() for name in names]) - m_i * auc,
+                      np.array([v01[neg_of == name].sum() for name in names]) - n_i * auc))
+
+    def covariance(r, s):
+        (a_r, b_r), (a_s, b_s) = parts[r], parts[s]
+        s10 = i10 / ((i10 - 1) * m) * np.sum(a_r * a_s)
+        s01 = i01 / ((i01 - 1) * n) * np.sum(b_r * b_s)
+        s11 = size / (size - 1) * (np.sum(a_r * b_s) + np.sum(a_s * b_r))
+        return s10 / m + s01 / n + s11 / (m * n)
+
+    return covariance(0, 0) + covariance(1, 1) - 2 * covariance(0, 1)
+
+
+def test_clustered_delong_matches_obuchowski_written_out(scored):
+    labels, scores = scored
+    keep = ~np.isnan(labels[:, 0])
+    y, a = labels[keep, 0], scores[keep, 0]
+    b = np.round(a + np.random.default_rng(1).normal(scale=1.0, size=a.size), 1)
+    patients = np.array([f"p{i}" for i in np.random.default_rng(2).integers(0, 30, size=a.size)])  # 1-9 images
+    result = metrics.delong_test(y, a, b, groups=patients)
+    z = (pairwise_auroc(y, a) - pairwise_auroc(y, b)) / np.sqrt(slow_clustered_variance(y, a, b, patients))
+    assert result.z == pytest.approx(z, rel=1e-9)
+    assert result.p == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-7)
+
+
+def test_clustered_delong_is_delong_for_one_image_per_patient(scored):
+    labels, scores = scored
+    keep = ~np.isnan(labels[:, 1])
+    y, a = labels[keep, 1], scores[keep, 1]
+    b = np.round(a + np.random.default_rng(3).normal(scale=0.7, size=a.size), 1)
+    clustered = metrics.delong_test(y, a, b, groups=np.arange(y.size))
+    assert clustered.z == pytest.approx(metrics.delong_test(y, a, b).z, rel=1e-9)
+
+
+def test_clustered_delong_counts_copies_of_a_patient_once(scored):
+    """Each film copied three times within its patient: DeLong's films-as-independent p shrinks, the clustered
+    test gives the p of the films without copies."""
+    labels, scores = scored
+    keep = ~np.isnan(labels[:, 0])
+    y, a = labels[keep, 0], scores[keep, 0]
+    b = np.round(a + np.random.default_rng(4).normal(scale=1.0, size=a.size), 1)
+    copies = [np.repeat(v, 3) for v in (y, a, b)]
+    original = metrics.delong_test(y, a, b)
+    clustered = metrics.delong_test(*copies, groups=np.repeat(np.arange(y.size), 3))
+    assert clustered.z == pytest.approx(original.z, rel=1e-9)
+    assert abs(metrics.delong_test(*copies).z) > 1.6 * abs(original.z)  # about sqrt(3) times
+
+
+def test_clustered_delong_needs_two_patients_per_class():
+    with pytest.raises(ValueError, match="positives from at least 2 patients"):
+        metrics.delong_test([1, 1, 0, 0, 0], [0.9, 0.8, 0.1, 0.2, 0.3], [0.5, 0.4, 0.3, 0.2, 0.6],
+                            groups=["a", "a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="groups has 3 entries"):
+        metrics.delong_test([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], [0.5, 0.4, 0.3, 0.2], groups=["a", "b", "c"])
+
+
 def test_delong_needs_both_classes():
     with pytest.raises(ValueError, match="2 positives"):
         metrics.delong_test([1, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1])

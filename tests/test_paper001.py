@@ -256,6 +256,9 @@ def test_the_cure_reading_claims_only_what_the_test_set_detects() -> None:
     bought = shortcut.cure_reading(paired((-0.1, 0.001), (0.08, 0.01), (-0.04, 0.02)), learned, split_sd=0.06)
     assert "buys it back" in bought and "About 0.100 of its AUROC there came from the drain" in bought
     assert "smaller than that" in bought and "single training runs" in bought
+    assert "(DeLong's test, clustered by patient), the headline difference has p = 0.02 and" in bought
+    edge = shortcut.cure_reading(paired((0.0, 0.9), (0.02, 0.5), (-0.05, 0.0496)), none, split_sd=0.06)
+    assert "has p < 0.05 and" in edge  # 0.0496 would round up to the bound
     alike = shortcut.cure_reading(paired((-0.053, 0.002), (-0.055, 0.15), (-0.054, 0.006)), none, split_sd=0.06)
     assert "cannot tell it from zero" in alike and "a weaker model" in alike and "came from the drain" not in alike
     assert "no headline cost" in shortcut.cure_reading(paired((0.0, 0.9), (0.08, 0.01), (0.01, 0.5)), none, 0.06)

@@ -13,8 +13,8 @@ every site without retraining.
   labeler's).
 * the matrix: every model on every site's test split (`cxrcore.experiments.evaluation.evaluate`: inference only,
   cached), per finding and the mean, with patient-bootstrap intervals; a paired t-test and Wilcoxon signed-rank test
-  over the finding x site cells (one-sided, they reproduce paper 000's p-values), and DeLong per finding with
-  Benjamini-Hochberg.
+  over the finding x site cells (one-sided, they reproduce paper 000's p-values), and DeLong per finding (clustered by
+  patient) with Benjamini-Hochberg.
 """
 from __future__ import annotations
 
@@ -406,14 +406,16 @@ def chain_reading(row: Mapping[str, float], best: str) -> str:
 
 def borrowed_scores(table: pd.DataFrame, finding: str) -> pd.DataFrame:
     """How well each finding's score ranks one finding's test labels (one model's predictions on one site): AUROC,
-    and DeLong's p against the finding's own score; a score that ranks another finding's images as well as that
-    finding's own output has learned something the findings share (an abnormal film), not the finding itself."""
+    and DeLong's p (clustered by patient) against the finding's own score; a score that ranks another finding's
+    images as well as that finding's own output has learned something the findings share (an abnormal film), not the
+    finding itself."""
     counted = table[finding].notna().to_numpy()
     labels, own = table.loc[counted, finding], table.loc[counted, score_column(finding)]
     rows = []
     for other in FINDINGS:
         if score_column(other) in table.columns:
-            test = delong_test(labels, table.loc[counted, score_column(other)], own)
+            test = delong_test(labels, table.loc[counted, score_column(other)], own,
+                               groups=table.loc[counted, "patient_id"])
             rows.append({"score": other, "AUROC": test.auc_a, "p against its own score": np.nan if other == finding
                          else test.p})
     return pd.DataFrame(rows).set_index("score")
@@ -489,7 +491,8 @@ def paired_table(long: pd.DataFrame, models: Sequence[str], baseline: str = BASE
 
 def delong_table(predictions: Mapping[tuple[str, str], pd.DataFrame], models: Sequence[str],
                  baseline: str = BASELINE, sites: Sequence[str] | None = None) -> pd.DataFrame:
-    """DeLong's test of each model against the baseline per finding and site (findings with enough positives; every
+    """DeLong's test (clustered by patient) of each model against the baseline per finding and site (findings with
+    enough positives; every
     site, or `sites`), with Benjamini-Hochberg q values over every test in the table."""
     rows = []
     for (name, site), table in predictions.items():
@@ -499,7 +502,7 @@ def delong_table(predictions: Mapping[tuple[str, str], pd.DataFrame], models: Se
         for finding in scored_findings(table, FINDINGS):
             counted = table[finding].notna().to_numpy()
             test = delong_test(table[finding][counted], table[score_column(finding)][counted],
-                               base[score_column(finding)][counted])
+                               base[score_column(finding)][counted], groups=table["patient_id"][counted])
             rows.append({"model": name, "site": site, "finding": finding, "AUROC": test.auc_a,
                          "baseline AUROC": test.auc_b, "difference": test.auc_a - test.auc_b, "p": test.p})
     out = pd.DataFrame(rows, columns=["model", "site", "finding", "AUROC", "baseline AUROC", "difference", "p"])

@@ -165,8 +165,9 @@ def labelled(finished: Mapping[tuple[str, str], Result]) -> tuple[dict[str, Resu
 
 
 def comparisons(finished: Mapping[tuple[str, str], Result]) -> pd.DataFrame:
-    """DeLong's test per finding for every pair of variants within a section, with Benjamini-Hochberg q values
-    across all of the experiment's tests (the variants must have been tested on the same images)."""
+    """DeLong's test clustered by patient per finding for every pair of variants within a section (and DeLong's
+    original p beside it), with Benjamini-Hochberg q values across all of the experiment's tests (the variants must
+    have been tested on the same images)."""
     results, groups = labelled(finished)
     first = next(iter(results.values())).predictions
     for name, result in results.items():
@@ -176,13 +177,13 @@ def comparisons(finished: Mapping[tuple[str, str], Result]) -> pd.DataFrame:
     if not findings:
         raise ValueError(f"no finding has {MIN_POSITIVES} positive test images: there is nothing to compare")
     scores = {name: result.predictions for name, result in results.items()}
-    return pairwise_delong(first, scores, groups, findings)
+    return pairwise_delong(first, scores, groups, findings, patients=first["patient_id"])
 
 
 def patient_comparisons(finished: Mapping[tuple[str, str], Result], n_boot: int = PAIR_DRAWS) -> pd.DataFrame:
     """`comparisons` with each difference's paired patient bootstrap added (`tables.patient_bootstrap_pairs`: its
-    interval, p and BH q values): DeLong's test treats the test images as independent, the bootstrap resamples
-    patients, so the correlation of one patient's images is carried."""
+    interval, p and BH q values): the same correction for one patient's correlated images as the clustered test,
+    by resampling patients instead of a variance formula."""
     delong = comparisons(finished)
     results, _ = labelled(finished)
     first = next(iter(results.values())).predictions

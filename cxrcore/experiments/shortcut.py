@@ -34,7 +34,7 @@ from cxrcore.cam import class_activation_map, gradcam
 from cxrcore.experiments import paper001
 from cxrcore.experiments.evaluation import evaluate
 from cxrcore.experiments.localisation import SYNTH_DIR, localisation_row, sign_masks, test_images
-from cxrcore.experiments.tables import bootstrap_draws, bootstrap_mean_interval, results_table
+from cxrcore.experiments.tables import bootstrap_draws, bootstrap_mean_interval, p_text, results_table
 from cxrcore.manifest import load_manifest, write_derived_manifest
 from cxrcore.metrics import bootstrap_auroc_ci, delong_test, resample_patients, score_column
 from cxrcore.runner import Result, run
@@ -181,7 +181,7 @@ def subgroup_gap_reading(published: pd.DataFrame) -> str:
 
 def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.DataFrame:
     """Per subgroup: the drain-free twin's pneumothorax AUROC minus the published-style model's on the same test
-    films, with DeLong's p (paired: both models score the same films)."""
+    films, with DeLong's p (paired: both models score the same films; clustered by patient)."""
     published = finished[MODELS[0]].predictions
     labelled = published[published[FINDING].notna()].reset_index(drop=True)
     twin = finished[MODELS[1]].predictions.set_index("path")[score_column(FINDING)].reindex(labelled["path"])
@@ -191,7 +191,7 @@ def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.
     rows = {}
     for group, chosen in _subgroups(labelled, drains).items():
         test = delong_test(labelled.loc[chosen, FINDING], twin.to_numpy()[chosen.to_numpy()],
-                           labelled.loc[chosen, score_column(FINDING)])
+                           labelled.loc[chosen, score_column(FINDING)], groups=labelled.loc[chosen, "patient_id"])
         rows[group] = {"twin": test.auc_a, "published": test.auc_b, "difference": test.auc_a - test.auc_b,
                        "p": test.p, "positives": int((labelled.loc[chosen, FINDING] == 1).sum())}
     return pd.DataFrame(rows).T.astype({"positives": int})
@@ -205,8 +205,9 @@ def cure_reading(paired: pd.DataFrame, comparison: pd.DataFrame, split_sd: float
     treated, untreated, everyone = (paired.loc[group] for group in GROUPS)
     cost, benefit = everyone["difference"], untreated["difference"]
     cost_seen, benefit_seen = everyone["p"] < alpha, untreated["p"] < alpha
-    tested = (f"Paired on the same test films (DeLong's test), the headline difference has p = {everyone['p']:.2f} "
-              f"and the difference on the {int(untreated['positives'])} untreated positives p = {untreated['p']:.2f}: ")
+    tested = (f"Paired on the same test films (DeLong's test, clustered by patient), the headline difference has "
+              f"p {p_text(everyone['p'], 2)} and the difference on the {int(untreated['positives'])} untreated "
+              f"positives p {p_text(untreated['p'], 2)}: ")
     if benefit_seen and benefit > 0:
         verdict = ("the cure costs headline AUROC and buys it back where it matters, on the untreated "
                    "pneumothoraces." if cost_seen and cost < 0 else
@@ -241,7 +242,7 @@ def _drain_part(treated: pd.Series, untreated: pd.Series, learned: pd.Series) ->
 def _noise(cost: float, split_sd: float, measure: str) -> str:
     """Both models are single-seed runs: the headline difference beside the split-to-split SD of the same AUROC."""
     size = "smaller than" if abs(cost) < split_sd else "at least"
-    return (f" Both are single training runs, and DeLong's p covers only the sampling of the test films: the "
+    return (f" Both are single training runs, and DeLong's p covers only the sampling of the test patients: the "
             f"resampling section's split-to-split SD of {measure}, {split_sd:.3f}, is the yardstick for what "
             f"another training run could move, and the headline difference ({cost:+.3f}) is {size} that.")
 

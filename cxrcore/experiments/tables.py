@@ -104,18 +104,22 @@ def results_table(experiment: str, model: str, finished: Mapping[str, Result], f
 
 
 def pairwise_delong(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]],
-                    findings: Sequence[str]) -> pd.DataFrame:
-    """DeLong's test per finding for every pair of arms within each group, with Benjamini-Hochberg q values."""
+                    findings: Sequence[str], patients: Sequence | None = None) -> pd.DataFrame:
+    """DeLong's test per finding for every pair of arms within each group, with Benjamini-Hochberg q values; with
+    `patients` (each truth row's patient id), z and p are Obuchowski's clustered test and "p (films independent)"
+    keeps DeLong's original p, which treats every film as independent."""
     rows = []
     for model, names in groups.items():
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 for finding in findings:
                     counted = truth[finding].notna().to_numpy()
-                    test = delong_test(truth[finding][counted], scores[a][score_column(finding)][counted],
-                                       scores[b][score_column(finding)][counted])
+                    paired = (truth[finding][counted], scores[a][score_column(finding)][counted],
+                              scores[b][score_column(finding)][counted])
+                    test = delong_test(*paired, groups=None if patients is None else np.asarray(patients)[counted])
                     rows.append({"model": model, "A": a, "B": b, "finding": finding, "AUROC A": test.auc_a,
-                                 "AUROC B": test.auc_b, "A - B": test.auc_a - test.auc_b, "z": test.z, "p": test.p})
+                                 "AUROC B": test.auc_b, "A - B": test.auc_a - test.auc_b, "z": test.z, "p": test.p}
+                                | ({} if patients is None else {"p (films independent)": delong_test(*paired).p}))
     table = pd.DataFrame(rows)
     table["q (BH)"] = false_discovery_control(table["p"].to_numpy(), method="bh")
     table["pair"] = table["A"] + " vs " + table["B"]
@@ -188,7 +192,8 @@ def patient_bootstrap_pairs(delong: pd.DataFrame, truth: pd.DataFrame, scores: M
                             patients: Sequence, n_boot: int, seed: int = 0) -> pd.DataFrame:
     """A `pairwise_delong` table with, per row, the paired patient-bootstrap 95 % interval of A - B, its two-sided
     p value (twice the smaller share of draws on either side of zero, counting the observed difference) and BH q
-    values: unlike DeLong's test, it resamples patients, so the correlation of one patient's films is carried."""
+    values: it resamples patients, so the correlation of one patient's films is carried (as by the clustered
+    `pairwise_delong`, without a variance formula or a normal approximation)."""
     weights = list(patient_weights(np.asarray(patients), n_boot, seed))  # the same draws for every row
     rows = []
     for a, b, finding in zip(delong["A"], delong["B"], delong["finding"], strict=True):
@@ -285,6 +290,22 @@ def p_text(value: float, digits: int = 3, bound: float = 0.05) -> str:
     """A p or q value for prose, "= 0.012"; one below `bound` that would round up to it reads "< 0.05"."""
     shown = f"{value:.{digits}f}"
     return f"< {bound:g}" if value < bound <= float(shown) else f"= {shown}"
+
+
+def clustering_reading(delong: pd.DataFrame, alpha: float = 0.05) -> str:
+    """What clustering by patient changed in a `pairwise_delong` table with patients: how many tests have p < alpha
+    counting every film as independent and clustered by patient, and in how many the first p is the smaller."""
+    n = len(delong)
+    films = int((delong["p (films independent)"] < alpha).sum())
+    clustered = int((delong["p"] < alpha).sum())
+    smaller = int((delong["p (films independent)"] < delong["p"]).sum())
+    text = (f"Counting every film as independent, {films} of the {n} tests have p < {alpha:g}; clustered by "
+            f"patient, {clustered}. ")
+    if smaller > n / 2:
+        return text + (f"In {smaller} of the {n} the films-as-independent p is the smaller one: a patient's films "
+                       "are not independent evidence, and counting them as such overstates what the test set shows.")
+    return text + (f"The films-as-independent p is the smaller one in only {smaller} of the {n}: on this test set "
+                   "the films of one patient carry little shared error.")
 
 
 def significant_differences(delong: pd.DataFrame, q: float = 0.05, column: str = "q (BH)") -> str:
