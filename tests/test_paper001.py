@@ -188,7 +188,15 @@ def test_the_shortcut_lab_on_tiny_runs(settings, model_runs) -> None:
     twin_groups = shortcut.subgroup_table(finished["drain-free training"].predictions, drains, n_boot=20)
     np.testing.assert_allclose(paired["published"], groups["auroc"])  # the same films, the same AUROCs
     np.testing.assert_allclose(paired["twin"], twin_groups["auroc"])
-    assert ((paired["p"] >= 0) & (paired["p"] <= 1)).all() and (paired["positives"] == groups["positives"]).all()
+    assert (paired["positives"] == groups["positives"]).all()
+    with_drain = positives["path"].isin(drains)
+    positive_patients = dict(zip(shortcut.GROUPS, (positives.loc[with_drain, "patient_id"].nunique(),
+                                                   positives.loc[~with_drain, "patient_id"].nunique(),
+                                                   positives["patient_id"].nunique()), strict=True))
+    negative_patients = predictions.loc[predictions[shortcut.FINDING] == 0, "patient_id"].nunique()
+    for group, row in paired.iterrows():  # a clustered p needs two patients with positives and two with negatives
+        testable = positive_patients[group] >= 2 and negative_patients >= 2
+        assert (0 <= row["p"] <= 1) if testable else np.isnan(row["p"]), (group, positive_patients)
     films = shortcut.paired_films(finished, drains, settings)
     assert len(films) == predictions[shortcut.FINDING].notna().sum()
     assert films["drain"].sum() == predictions.loc[predictions[shortcut.FINDING].notna(), "path"].isin(drains).sum()
@@ -259,6 +267,9 @@ def test_the_cure_reading_claims_only_what_the_test_set_detects() -> None:
     assert "(DeLong's test, clustered by patient), the headline difference has p = 0.02 and" in bought
     edge = shortcut.cure_reading(paired((0.0, 0.9), (0.02, 0.5), (-0.05, 0.0496)), none, split_sd=0.06)
     assert "has p < 0.05 and" in edge  # 0.0496 would round up to the bound
+    one_patient = shortcut.cure_reading(paired((0.0, 0.9), (0.02, np.nan), (-0.05, 0.01)), none, split_sd=0.06)
+    assert "untreated positives no p (its positives or negatives come from a single patient)" in one_patient
+    assert "headline cost is one this test set can detect" in one_patient
     alike = shortcut.cure_reading(paired((-0.053, 0.002), (-0.055, 0.15), (-0.054, 0.006)), none, split_sd=0.06)
     assert "cannot tell it from zero" in alike and "a weaker model" in alike and "came from the drain" not in alike
     assert "no headline cost" in shortcut.cure_reading(paired((0.0, 0.9), (0.08, 0.01), (0.01, 0.5)), none, 0.06)

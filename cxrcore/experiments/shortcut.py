@@ -181,7 +181,8 @@ def subgroup_gap_reading(published: pd.DataFrame) -> str:
 
 def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.DataFrame:
     """Per subgroup: the drain-free twin's pneumothorax AUROC minus the published-style model's on the same test
-    films, with DeLong's p (paired: both models score the same films; clustered by patient)."""
+    films, with DeLong's p (paired: both models score the same films; clustered by patient; NaN where the subgroup's
+    positives or negatives come from a single patient, which leaves the clustered variance undefined)."""
     published = finished[MODELS[0]].predictions
     labelled = published[published[FINDING].notna()].reset_index(drop=True)
     twin = finished[MODELS[1]].predictions.set_index("path")[score_column(FINDING)].reindex(labelled["path"])
@@ -190,10 +191,13 @@ def twin_against_published(finished: dict[str, Result], drains: set[str]) -> pd.
                          f"of the {MODELS[0]!r} run: the two must be tested on the same films")
     rows = {}
     for group, chosen in _subgroups(labelled, drains).items():
-        test = delong_test(labelled.loc[chosen, FINDING], twin.to_numpy()[chosen.to_numpy()],
-                           labelled.loc[chosen, score_column(FINDING)], groups=labelled.loc[chosen, "patient_id"])
-        rows[group] = {"twin": test.auc_a, "published": test.auc_b, "difference": test.auc_a - test.auc_b,
-                       "p": test.p, "positives": int((labelled.loc[chosen, FINDING] == 1).sum())}
+        films, twin_scores = labelled[chosen], twin.to_numpy()[chosen.to_numpy()]
+        aucs = [roc_auc_score(films[FINDING], scores) for scores in (twin_scores, films[score_column(FINDING)])]
+        patients = films.groupby(FINDING)["patient_id"].nunique()  # per label value
+        p = (delong_test(films[FINDING], twin_scores, films[score_column(FINDING)], groups=films["patient_id"]).p
+             if len(patients) == 2 and patients.min() >= 2 else np.nan)
+        rows[group] = {"twin": aucs[0], "published": aucs[1], "difference": aucs[0] - aucs[1], "p": p,
+                       "positives": int((films[FINDING] == 1).sum())}
     return pd.DataFrame(rows).T.astype({"positives": int})
 
 
@@ -206,8 +210,8 @@ def cure_reading(paired: pd.DataFrame, comparison: pd.DataFrame, split_sd: float
     cost, benefit = everyone["difference"], untreated["difference"]
     cost_seen, benefit_seen = everyone["p"] < alpha, untreated["p"] < alpha
     tested = (f"Paired on the same test films (DeLong's test, clustered by patient), the headline difference has "
-              f"p {p_text(everyone['p'], 2)} and the difference on the {int(untreated['positives'])} untreated "
-              f"positives p {p_text(untreated['p'], 2)}: ")
+              f"{_p_words(everyone['p'])} and the difference on the {int(untreated['positives'])} untreated "
+              f"positives {_p_words(untreated['p'])}: ")
     if benefit_seen and benefit > 0:
         verdict = ("the cure costs headline AUROC and buys it back where it matters, on the untreated "
                    "pneumothoraces." if cost_seen and cost < 0 else
@@ -222,6 +226,11 @@ def cure_reading(paired: pd.DataFrame, comparison: pd.DataFrame, split_sd: float
                    "drain's effect; what the cure buys needs more untreated positives than this test split holds.")
     drain_part = _drain_part(treated, untreated, comparison.loc[DIFFERENCE])
     return tested + verdict + drain_part + _noise(cost, split_sd, measure)
+
+
+def _p_words(p: float) -> str:
+    """"p = 0.12" (`p_text`), or why a subgroup has no clustered p (NaN in `twin_against_published`)."""
+    return "no p (its positives or negatives come from a single patient)" if np.isnan(p) else f"p {p_text(p, 2)}"
 
 
 def _drain_part(treated: pd.Series, untreated: pd.Series, learned: pd.Series) -> str:
