@@ -95,7 +95,12 @@ def test_pairwise_delong_clustered_by_patient_keeps_the_films_independent_p(arms
     assert reading.startswith(f"Counting every film as independent, {films} of the 2 tests have p < 0.05; "
                               f"clustered by patient, {int((clustered['p'] < 0.05).sum())}. In 2 of the 2")
     alike = clustered.assign(**{"p (films independent)": clustered["p"] + 0.01})
-    assert "smaller one in only 0 of the 2: on this test set" in clustering_reading(alike)
+    assert "smaller one in only 0 of the 2: clustering by patient gave most tests a smaller p" in clustering_reading(
+        alike)
+    mixed = pd.concat([clustered, alike.iloc[:1]], ignore_index=True)  # the films' p smaller in 2 of 3: stricter
+    assert "In 2 of the 3 the films-as-independent p is the smaller one" in clustering_reading(mixed)
+    mixed = pd.concat([clustered, alike], ignore_index=True)  # 2 of 4: both ways
+    assert "smaller one in only 2 of the 4: clustering moved the p-values both ways" in clustering_reading(mixed)
 
 
 def test_delong_cells_and_worse_arm(arms) -> None:
