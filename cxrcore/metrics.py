@@ -350,8 +350,9 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike,
 
 def _clustered_covariance(v_pos: np.ndarray, v_neg: np.ndarray, aucs: np.ndarray, codes: np.ndarray,
                           positive: np.ndarray) -> np.ndarray:
-    """(2, 2) covariance of two AUROCs with patients as clusters (Obuchowski 1997, eq. 3-5 and their two-test form):
-    per patient, the sum of its images' structural components minus its image count times the AUROC."""
+    """(2, 2) covariance of two AUROCs with patients as clusters (Obuchowski 1997: the S10, S01 and S11 terms, and
+    their form across two tests): per patient, the sum of its images' structural components minus its image count
+    times the AUROC."""
     n_patients = int(codes.max()) + 1
     pos_codes, neg_codes = codes[positive], codes[~positive]
     m, n = pos_codes.size, neg_codes.size

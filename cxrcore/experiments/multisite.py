@@ -492,8 +492,7 @@ def paired_table(long: pd.DataFrame, models: Sequence[str], baseline: str = BASE
 def delong_table(predictions: Mapping[tuple[str, str], pd.DataFrame], models: Sequence[str],
                  baseline: str = BASELINE, sites: Sequence[str] | None = None) -> pd.DataFrame:
     """DeLong's test (clustered by patient) of each model against the baseline per finding and site (findings with
-    enough positives; every
-    site, or `sites`), with Benjamini-Hochberg q values over every test in the table."""
+    enough positives; every site, or `sites`), with Benjamini-Hochberg q values over every test in the table."""
     rows = []
     for (name, site), table in predictions.items():
         if name not in models or (sites is not None and site not in sites):
