@@ -108,6 +108,7 @@ def pairwise_delong(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], gro
     """DeLong's test per finding for every pair of arms within each group, with Benjamini-Hochberg q values; with
     `patients` (each truth row's patient id), z and p are Obuchowski's clustered test and "p (films independent)"
     keeps DeLong's original p, which treats every film as independent."""
+    patient_ids = None if patients is None else np.asarray(patients)
     rows = []
     for model, names in groups.items():
         for i, a in enumerate(names):
@@ -116,7 +117,7 @@ def pairwise_delong(truth: pd.DataFrame, scores: Mapping[str, pd.DataFrame], gro
                     counted = truth[finding].notna().to_numpy()
                     paired = (truth[finding][counted], scores[a][score_column(finding)][counted],
                               scores[b][score_column(finding)][counted])
-                    test = delong_test(*paired, groups=None if patients is None else np.asarray(patients)[counted])
+                    test = delong_test(*paired, groups=None if patient_ids is None else patient_ids[counted])
                     rows.append({"model": model, "A": a, "B": b, "finding": finding, "AUROC A": test.auc_a,
                                  "AUROC B": test.auc_b, "A - B": test.auc_a - test.auc_b, "z": test.z, "p": test.p}
                                 | ({} if patients is None else {"p (films independent)": delong_test(*paired).p}))
